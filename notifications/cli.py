@@ -1,0 +1,97 @@
+"""``flask notifications ...``: publish, token, prune, migrate, stats."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import click
+from flask.cli import AppGroup
+from flask_jwt_extended import create_access_token
+
+from .events import parse_duration
+from .exceptions import NotificationsError
+from .extension import get_state
+
+cli = AppGroup("notifications", help="Publish events, mint development tokens, manage the events table.")
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command("publish")
+@click.argument("event")
+@click.argument("data_json")
+@click.option("--user", "user_id", help="Deliver only to this user's streams.")
+@click.option("--channel", help="Deliver only to streams subscribed to this channel.")
+def publish_command(event: str, data_json: str, user_id: str | None, channel: str | None) -> None:
+    """Publish EVENT with DATA_JSON (any JSON value) and print its id."""
+    from .publish import publish
+
+    try:
+        data = json.loads(data_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA_JSON") from None
+    try:
+        click.echo(publish(event, data, user_id=user_id, channel=channel))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except NotificationsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def mint_token(
+    subject: str, subscribe: tuple[str, ...] = (), publish: tuple[str, ...] = (), ttl: float = 3600
+) -> str:
+    """A signed JWT for ``subject`` with an optional grant (development and tests)."""
+    claims: dict[str, Any] = {}
+    if subscribe or publish:
+        claims["notifications"] = {"subscribe": list(subscribe), "publish": list(publish)}
+    token: str = create_access_token(
+        identity=subject, additional_claims=claims, expires_delta=timedelta(seconds=ttl)
+    )
+    return token
+
+
+@cli.command("token")
+@click.argument("subject")
+@click.option(
+    "--subscribe", multiple=True, help="A subscribe grant pattern (repeatable): channel, user:ID, prefix*."
+)
+@click.option("--publish", multiple=True, help="A publish grant pattern (repeatable); '*' allows broadcasts.")
+@click.option("--ttl", default="1h", show_default=True, help="Lifetime: seconds or 30s, 15m, 6h, 7d.")
+def token_command(subject: str, subscribe: tuple[str, ...], publish: tuple[str, ...], ttl: str) -> None:
+    """Print a JWT for SUBJECT signed with this app's key."""
+    click.echo(mint_token(subject, subscribe, publish, _duration(ttl)))
+
+
+@cli.command("prune")
+@click.option(
+    "--older-than", default=None, help="Delete events older than this (default: NOTIFICATIONS_RETENTION)."
+)
+def prune_command(older_than: str | None) -> None:
+    """Delete expired events now; print how many."""
+    state = get_state()
+    age = _duration(older_than) if older_than is not None else state.settings.retention
+    click.echo(state.store.prune(age, state.settings.retention_max_events))
+
+
+@cli.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the events table."""
+    from .migrate import upgrade
+
+    state = get_state()
+    upgrade(state.store.engine, state.settings.table)
+    click.echo("events table is up to date")
+
+
+@cli.command("stats")
+def stats_command() -> None:
+    """Print JSON: events stored, oldest and newest id."""
+    click.echo(json.dumps(get_state().store.stats()))

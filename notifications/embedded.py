@@ -1,0 +1,183 @@
+"""The embedded PostgreSQL default: a private cluster in a data folder, for development and tests.
+
+Binaries come from the machine (``pg_ctl`` on ``PATH`` or ``/usr/lib/postgresql/*/bin``) or
+from the ``pgserver`` wheel. PostgreSQL refuses to run as root, so as root the cluster runs as
+the ``postgres`` system user (else ``nobody``); the data folder is owned by that user.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .exceptions import NotificationsError
+
+SUPERUSER = "postgres"
+
+
+class EmbeddedPostgresError(NotificationsError):
+    """The embedded PostgreSQL could not be found, created or started."""
+
+
+def find_binaries() -> Path:
+    """Return the folder holding ``pg_ctl`` and ``initdb``."""
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).parent
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if debian:
+        return debian[-1].parent
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "pginstall" / "bin"
+        if (bundled / "pg_ctl").exists():
+            return bundled
+    raise EmbeddedPostgresError(
+        "No PostgreSQL binaries found: install PostgreSQL or the 'pgserver' wheel, "
+        "or set DATABASE_URL to an existing database."
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_as() -> str | None:
+    """The system user to run PostgreSQL as, or None to run as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise EmbeddedPostgresError("Running as root and no 'postgres' or 'nobody' user exists.")
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1 and a socket in the folder."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.bin_dir = find_binaries()
+        self.user = _run_as()
+        self.started_here = False
+
+    @property
+    def port(self) -> int:
+        text = (self.data_dir / "port").read_text().strip()
+        return int(text)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            user=self.user,
+            capture_output=True,
+            text=True,
+            check=check,
+            cwd="/",
+        )
+
+    def is_running(self) -> bool:
+        if not (self.data_dir / "PG_VERSION").exists():
+            return False
+        return self._cmd("pg_ctl", "status", "-D", str(self.data_dir), check=False).returncode == 0
+
+    def _init(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            shutil.chown(self.data_dir, self.user)
+        os.chmod(self.data_dir, 0o700)
+        try:
+            self._cmd(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            )
+        except subprocess.CalledProcessError as exc:
+            raise EmbeddedPostgresError(f"initdb failed: {exc.stderr.strip()}") from exc
+        except PermissionError as exc:
+            raise EmbeddedPostgresError(
+                f"Cannot run PostgreSQL in {self.data_dir} as {self.user}: {exc}; "
+                "set DATABASE_URL or use a folder that user can reach."
+            ) from exc
+
+    def start(self) -> str:
+        """Create the cluster if needed, start it if it is not running; return its URL.
+
+        Safe to call from several processes at once: a lock file serialises them."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir.parent / f".{self.data_dir.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start()
+
+    def _start(self) -> str:
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._init()
+        if self.is_running():
+            return self.url()
+        port = _free_port()
+        port_file = self.data_dir / "port"
+        port_file.write_text(f"{port}\n")
+        options = (
+            f"-p {port} -k {self.data_dir} -c listen_addresses=127.0.0.1 "
+            "-c max_connections=500 -c fsync=on -c shared_buffers=128MB"
+        )
+        result = self._cmd(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-o",
+            options,
+            check=False,
+        )
+        if result.returncode != 0:
+            log = self.data_dir / "server.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise EmbeddedPostgresError(f"PostgreSQL did not start: {result.stderr}{tail}")
+        self.started_here = True
+        self._wait_ready(port)
+        return self.url()
+
+    def _wait_ready(self, port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise EmbeddedPostgresError(f"PostgreSQL did not accept connections on port {port}")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster (``fast`` ends sessions; ``immediate`` is a crash stop)."""
+        if self.is_running():
+            self._cmd("pg_ctl", "stop", "-w", "-D", str(self.data_dir), "-m", mode, check=False)

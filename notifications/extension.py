@@ -1,0 +1,152 @@
+"""The Flask extension: ``Notifications(app)`` or ``Notifications().init_app(app)``.
+
+State lives in ``app.extensions["notifications"]``. Engines are created lazily, on first use,
+so a gunicorn worker creates them after the fork (and after psycogreen is installed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import gevent.lock
+from flask import Flask, current_app
+from flask_jwt_extended import JWTManager
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from . import config as config_module
+from .config import Settings
+from .events import Event
+from .exceptions import NotificationsError, PublishError
+from .fanout import Hub, Listener
+from .store import EventStore, raw_json_serializer
+
+log = logging.getLogger("notifications")
+
+EXTENSION_KEY = "notifications"
+URL_PREFIX = "/api/notifications"
+LISTENER_START_TIMEOUT = 10.0
+
+
+class State:
+    """Everything one app's notifications need at run time."""
+
+    def __init__(self, app: Flask, settings: Settings, database_url: str) -> None:
+        self.app = app
+        self.settings = settings
+        self.database_url = database_url
+        self.hub = Hub()
+        self.replay_gate = gevent.lock.BoundedSemaphore(settings.replay_concurrency)
+        self._store: EventStore | None = None
+        self._listener: Listener | None = None
+
+    @property
+    def store(self) -> EventStore:
+        if self._store is None:
+            self._store = EventStore(self._make_engine(self.database_url), self.settings.table)
+        return self._store
+
+    def _make_engine(self, url: str, **options: Any) -> Engine:
+        options.setdefault("pool_size", self.settings.pool_size)
+        options.setdefault("max_overflow", self.settings.pool_size)
+        options.setdefault("pool_pre_ping", True)
+        return create_engine(url, json_serializer=raw_json_serializer, **options)
+
+    @property
+    def listener(self) -> Listener:
+        if self._listener is None:
+            url = self.settings.listen_database_url or self.database_url
+            probe = self.settings.listener_probe_interval
+            engine = create_engine(
+                url,
+                poolclass=NullPool,
+                connect_args={
+                    "connect_timeout": max(1, int(probe * 2)),
+                    "keepalives": 1,
+                    "keepalives_idle": max(1, int(probe)),
+                    "keepalives_interval": max(1, int(probe / 2)),
+                    "keepalives_count": 3,
+                    "tcp_user_timeout": int(probe * 2000),
+                    "application_name": "notifications-listener",
+                },
+            )
+            self._listener = Listener(self.hub, self.store, engine, probe)
+        return self._listener
+
+    def ensure_listening(self, timeout: float = LISTENER_START_TIMEOUT) -> bool:
+        """Start this process's listener if needed; True once the hub has a cursor."""
+        listener = self.listener
+        listener.start()
+        return bool(listener.started.wait(timeout))
+
+    def append(self, events: Sequence[Event]) -> list[str]:
+        try:
+            return self.store.append(events)
+        except SQLAlchemyError as exc:
+            raise PublishError(f"could not store the event: {type(exc).__name__}") from exc
+
+    def shutdown(self) -> None:
+        """End every stream promptly and stop the listener (deploy, reload, exit)."""
+        self.hub.drain()
+        if self._listener is not None:
+            self._listener.stop()
+
+
+class Notifications:
+    """Real-time notifications over Server-Sent Events, stored in PostgreSQL."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("Notifications is already registered on this app.")
+        settings = config_module.read(app.config)
+        url = app.config.get("DATABASE_URL")
+        if not url:
+            raise config_module.ConfigError(
+                "DATABASE_URL is not set: point it at PostgreSQL (app.py's create_app() starts an "
+                "embedded one when it is missing)"
+            )
+        url = config_module.normalize_database_url(str(url))
+        app.config["DATABASE_URL"] = url
+        _configure_jwt(app)
+        state = State(app, settings, url)
+        app.extensions[EXTENSION_KEY] = state
+
+        from .cli import cli
+        from .views import blueprint
+
+        app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
+        app.cli.add_command(cli)
+        if settings.auto_migrate:
+            from .migrate import upgrade
+
+            upgrade(state.store.engine, settings.table)
+
+
+def _configure_jwt(app: Flask) -> None:
+    app.config.setdefault("JWT_TOKEN_LOCATION", ["headers", "query_string", "cookies"])
+    app.config.setdefault("JWT_QUERY_STRING_NAME", "token")
+    app.config.setdefault("JWT_VERIFY_SUB", False)  # ``sub`` may be a number; compared as a string
+    if "flask-jwt-extended" not in app.extensions:
+        JWTManager(app)
+
+
+def get_state(app: Flask | None = None) -> State:
+    """The notifications state of ``app`` (default: the current app)."""
+    try:
+        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    except RuntimeError:
+        raise RuntimeError(
+            "notifications needs an application context: call it inside a request or "
+            "`with app.app_context():`"
+        ) from None
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise NotificationsError("Notifications is not set up on this app. Did you forget to call init_app?")
+    return state  # type: ignore[no-any-return]

@@ -1,0 +1,216 @@
+"""Per-worker fan-out: one listener greenlet, a routing index and bounded subscriber queues.
+
+The listener owns one LISTEN connection (never a pool connection). Each NOTIFY is only a
+doorbell: on every wake-up it runs one query for everything after the worker's cursor,
+encodes each event to SSE bytes once and hands the bytes to the streams that may see it.
+When the connection has been quiet for ``probe_interval`` the same query doubles as a probe;
+any error (or a probe that hangs) drops the connection, and the listener reconnects with
+jittered backoff and catches up from its cursor, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Iterable
+
+import gevent
+import gevent.event
+from gevent import select as gselect
+from sqlalchemy import Connection, Engine
+
+from .sse import encode
+from .store import BATCH, EventStore, StoredEvent
+
+log = logging.getLogger("notifications.fanout")
+
+RECENT_EVENTS = 10_000
+
+
+class Subscriber:
+    """One open stream: who it is, what it reads, and its bounded queue of encoded events."""
+
+    __slots__ = ("user_id", "channels", "limit", "pending", "wakeup", "closed", "writer")
+
+    def __init__(self, user_id: str, channels: Iterable[str], limit: int) -> None:
+        self.user_id = user_id
+        self.channels = frozenset(channels)
+        self.limit = limit
+        self.pending: list[tuple[int, bytes]] = []
+        self.wakeup = gevent.event.Event()
+        self.closed: str | None = None  # why the stream must end: "slow", "drain"
+        self.writer: gevent.Greenlet | None = None  # set while the stream is blocked writing
+
+    def push(self, event_id: int, frame: bytes) -> None:
+        if self.closed:
+            return
+        if len(self.pending) >= self.limit:
+            self.close("slow")
+            return
+        self.pending.append((event_id, frame))
+        self.wakeup.set()
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = reason
+        self.pending.clear()
+        self.wakeup.set()
+        if reason == "slow" and self.writer is not None:
+            # The client stopped reading and the write blocks: end the greenlet, not the worker.
+            self.writer.kill(block=False)
+
+    def take(self) -> list[tuple[int, bytes]]:
+        items, self.pending = self.pending, []
+        self.wakeup.clear()
+        return items
+
+    def sees(self, user_id: str | None, channel: str | None) -> bool:
+        if user_id is not None and user_id != self.user_id:
+            return False
+        return channel is None or channel in self.channels
+
+
+class Hub:
+    """The routing index of one worker: broadcast, by user and by channel."""
+
+    def __init__(self) -> None:
+        self.cursor: int | None = None  # the newest id dispatched; None until the listener starts
+        self.everyone: set[Subscriber] = set()
+        self.by_user: dict[str, set[Subscriber]] = {}
+        self.by_channel: dict[str, set[Subscriber]] = {}
+        self.recent: deque[tuple[StoredEvent, bytes]] = deque(maxlen=RECENT_EVENTS)
+        self.recent_floor = 0  # every event after this id is in ``recent`` (or was evicted)
+        self.draining = False
+
+    def subscribe(self, sub: Subscriber) -> None:
+        self.everyone.add(sub)
+        self.by_user.setdefault(sub.user_id, set()).add(sub)
+        for channel in sub.channels:
+            self.by_channel.setdefault(channel, set()).add(sub)
+        if self.draining:
+            sub.close("drain")
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.everyone.discard(sub)
+        _discard(self.by_user, sub.user_id, sub)
+        for channel in sub.channels:
+            _discard(self.by_channel, channel, sub)
+
+    def start(self, cursor: int) -> None:
+        if self.cursor is None:
+            self.cursor = cursor
+            self.recent_floor = cursor
+
+    def dispatch(self, events: Iterable[StoredEvent]) -> None:
+        """Encode each event once and queue it on every stream that may see it."""
+        for event in events:
+            frame = encode(id=event.id, event=event.name, data=event.data)
+            if event.channel is None:
+                targets: Iterable[Subscriber] = (
+                    self.everyone if event.user_id is None else self.by_user.get(event.user_id, ())
+                )
+            elif event.user_id is None:
+                targets = self.by_channel.get(event.channel, ())
+            else:
+                targets = [s for s in self.by_user.get(event.user_id, ()) if event.channel in s.channels]
+            for sub in list(targets):
+                sub.push(event.id, frame)
+            if len(self.recent) == self.recent.maxlen:
+                self.recent_floor = self.recent[0][0].id
+            self.recent.append((event, frame))
+            self.cursor = event.id
+
+    def replay_from_memory(self, after: int, sub: Subscriber) -> list[tuple[int, bytes]] | None:
+        """The frames after ``after`` that ``sub`` may see, if memory holds all of them."""
+        if after < self.recent_floor:
+            return None
+        return [(e.id, frame) for e, frame in self.recent if e.id > after and sub.sees(e.user_id, e.channel)]
+
+    def drain(self) -> None:
+        """End every stream promptly (deploy, reload, shutdown)."""
+        self.draining = True
+        for sub in list(self.everyone):
+            sub.close("drain")
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.everyone)
+
+
+def _discard(index: dict[str, set[Subscriber]], key: str, sub: Subscriber) -> None:
+    subs = index.get(key)
+    if subs is not None:
+        subs.discard(sub)
+        if not subs:
+            del index[key]
+
+
+class Listener:
+    """The greenlet that owns this worker's LISTEN connection and feeds the hub."""
+
+    def __init__(self, hub: Hub, store: EventStore, listen_engine: Engine, probe_interval: float) -> None:
+        self.hub = hub
+        self.store = store
+        self.engine = listen_engine
+        self.probe_interval = probe_interval
+        self.connected = gevent.event.Event()
+        self.started = gevent.event.Event()  # set once the hub has its first cursor
+        self.reconnects = 0
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    backoff = 0.1
+                    self._serve(conn)
+            except gevent.GreenletExit:
+                raise
+            except (Exception, gevent.Timeout) as exc:  # any failure: reconnect and catch up from the cursor
+                self.connected.clear()
+                self.reconnects += 1
+                log.warning("listener connection lost (%s); reconnecting", _short(exc))
+            delay = backoff * random.uniform(0.5, 1.5)
+            backoff = min(backoff * 2, 5.0)
+            gevent.sleep(delay)
+
+    def _serve(self, conn: Connection) -> None:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        conn.exec_driver_sql(f'LISTEN "{self.store.channel}"')
+        if self.hub.cursor is None:
+            self.hub.start(self.store.newest_id(conn))
+        self.started.set()
+        self.connected.set()
+        self._catch_up(conn)
+        while True:
+            readable, _, _ = gselect.select([raw], [], [], self.probe_interval)
+            if readable:
+                raw.poll()
+                raw.notifies.clear()
+            # One query per wake-up; when quiet it is the probe that proves the link alive.
+            with gevent.Timeout(max(self.probe_interval, 1.0) * 2):
+                self._catch_up(conn)
+
+    def _catch_up(self, conn: Connection) -> None:
+        assert self.hub.cursor is not None
+        while True:
+            events = self.store.read_since(conn, self.hub.cursor)
+            self.hub.dispatch(events)
+            if len(events) < BATCH:
+                return
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

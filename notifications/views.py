@@ -1,0 +1,257 @@
+"""The blueprint: ``GET /stream`` (Server-Sent Events) and ``POST /publish``.
+
+Deliberate choices, do not "fix" them:
+* A refused stream answers ``200`` with a long jittered ``retry:`` and one ``error`` event:
+  any other status makes a browser's EventSource give up for good and hides the reason.
+  ``NOTIFICATIONS_HTTP_ERRORS`` switches to real statuses for fetch-based clients.
+* ``retry:`` is yielded before anything touches the database: WSGI sends the headers with the
+  first body chunk, and EventSource fires ``open`` only then.
+* The stream subscribes to live events *before* it reads the replay, and drops duplicates by id.
+* The generator keeps no request context alive: everything it needs is read up front.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from .auth import AccessError, Identity, authenticate, authorize_publish, authorize_stream
+from .events import make_event, parse_channels, serialize, validate_user_id
+from .extension import State, get_state
+from .fanout import Subscriber
+from .publish import RESERVED_EVENTS, PublishError
+from .sse import encode
+
+log = logging.getLogger("notifications.stream")
+
+blueprint = Blueprint("notifications", __name__)
+
+CONNECT_MESSAGE = {
+    "type": "notification",
+    "notificationType": "info",
+    "message": "Connected to notification stream",
+    "duration": 5000,
+}
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def jittered(ms: int) -> int:
+    """``ms`` ±50 %, so a crowd of clients does not reconnect in step."""
+    return max(1, int(ms * random.uniform(0.5, 1.5)))
+
+
+def _event_stream(body: Iterator[bytes], status: int = 200) -> Response:
+    response = Response(body, status=status, mimetype="text/event-stream", direct_passthrough=True)
+    response.headers.update(STREAM_HEADERS)
+    return response
+
+
+def refusal(state: State, error: AccessError) -> Response:
+    """A refused stream: long jittered ``retry:``, one ``error`` event, the end."""
+
+    def body() -> Iterator[bytes]:
+        yield encode(retry=jittered(state.settings.refusal_retry_ms)) + encode(
+            event="error", data=serialize(error.as_data())
+        )
+
+    log.info("stream refused: %s %s", error.code, error.message)
+    return _event_stream(body(), error.code if state.settings.http_errors else 200)
+
+
+def parse_last_event_id(raw: str) -> int | None:
+    """A last event id is a non-negative decimal integer; anything else is None."""
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        return None
+    return int(raw)
+
+
+@blueprint.get("/stream")
+def stream() -> Response:
+    state = get_state()
+    try:
+        identity = authenticate()
+        try:
+            channels = parse_channels(request.args.get("channels"))
+            user_param = request.args.get("userId")
+            user_id = None if user_param is None else validate_user_id(user_param)
+        except ValueError as exc:
+            raise AccessError(400, str(exc)) from None
+        reader = authorize_stream(identity, user_id, channels, state.settings.public_channels)
+    except AccessError as exc:
+        return refusal(state, exc)
+    last_id = request.headers.get("Last-Event-ID")
+    if last_id is None:
+        last_id = request.args.get("lastEventId")
+    if not state.ensure_listening():
+        return refusal(state, AccessError(503, "notifications are unavailable: the database is unreachable"))
+    subscriber = Subscriber(reader, channels, state.settings.queue_size)
+    return _event_stream(StreamSession(state, subscriber, identity, last_id).run())
+
+
+class StreamSession:
+    """One open stream: connect, replay what was missed, then live events and heartbeats."""
+
+    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor")
+
+    def __init__(self, state: State, sub: Subscriber, identity: Identity, last_id: str | None) -> None:
+        self.state = state
+        self.sub = sub
+        self.expires_at = identity.expires_at
+        self.last_id = last_id
+        self.cursor = 0
+
+    def run(self) -> Iterator[bytes]:
+        hub = self.state.hub
+        hub.subscribe(self.sub)
+        try:
+            yield encode(retry=jittered(self.state.settings.retry_ms))
+            yield from self._connect()
+            yield from self._live()
+        except GeneratorExit:
+            raise
+        except gevent.GreenletExit:
+            raise
+        except Exception:
+            log.exception("stream failed")
+            yield encode(event="error", data=serialize({"error": "internal error", "code": 500}))
+        finally:
+            hub.unsubscribe(self.sub)
+
+    def _connect(self) -> Iterator[bytes]:
+        """The reset (if any), the connect message and the replay of what was missed."""
+        hub, store, settings = self.state.hub, self.state.store, self.state.settings
+        assert hub.cursor is not None
+        live_from = hub.cursor  # every event after this arrives through the subscription
+        self.cursor = live_from
+        replay_after: int | None = None
+        head: list[bytes] = []
+        if self.last_id is not None:
+            requested = parse_last_event_id(self.last_id)
+            if requested is not None and requested > live_from:
+                # Another worker may be ahead of ours: trust the id if the table knows it.
+                with self.state.replay_gate:
+                    newest = store.newest_id()
+                if requested > newest:
+                    requested = None
+                else:
+                    self.cursor = requested
+            if requested is None:
+                head.append(_reset("unknown-id", live_from))
+            elif requested < live_from:
+                replay_after = requested
+        frames = None if replay_after is None else hub.replay_from_memory(replay_after, self.sub)
+        if replay_after is not None and frames is None:
+            with self.state.replay_gate:
+                with store.engine.connect() as conn:
+                    pruned = store.pruned_through(conn)
+                if replay_after < pruned:
+                    head.append(_reset("history-expired", pruned))
+                    replay_after = pruned
+                frames = [
+                    (e.id, encode(id=e.id, event=e.name, data=e.data))
+                    for e in store.replay(replay_after, live_from, self.sub.user_id, tuple(self.sub.channels))
+                ]
+        if settings.connect_message:
+            at = self.cursor if replay_after is None else replay_after
+            head.append(encode(id=at, event="notification", data=serialize(CONNECT_MESSAGE)))
+        if frames:
+            head.extend(frame for _, frame in frames)
+            self.cursor = max(self.cursor, frames[-1][0])
+        if replay_after is not None:
+            self.cursor = max(self.cursor, live_from)
+        if head:
+            yield b"".join(head)
+
+    def _live(self) -> Iterator[bytes]:
+        sub, settings = self.sub, self.state.settings
+        interval = settings.heartbeat_interval
+        next_beat = time.monotonic() + interval
+        while True:
+            now = time.monotonic()
+            deadline = next_beat
+            if self.expires_at is not None:
+                left = self.expires_at - time.time()
+                if left <= 0:
+                    yield encode(event="error", data=serialize({"error": "token expired", "code": 401}))
+                    return
+                deadline = min(deadline, now + left)
+            sub.wakeup.wait(max(0.0, deadline - now))
+            if sub.closed == "drain":
+                yield encode(retry=jittered(settings.retry_ms))
+                return
+            if sub.closed:
+                return
+            fresh = [(event_id, frame) for event_id, frame in sub.take() if event_id > self.cursor]
+            chunk = [frame for _, frame in fresh]
+            if fresh:
+                self.cursor = fresh[-1][0]
+            if time.monotonic() >= next_beat:
+                chunk.append(encode(id=self.cursor, event="heartbeat", data="{}"))
+                next_beat = time.monotonic() + interval
+            if chunk:
+                sub.writer = gevent.getcurrent()
+                yield b"".join(chunk)
+                sub.writer = None
+
+
+def _reset(reason: str, at: int) -> bytes:
+    return encode(id=at, event="reset", data=serialize({"type": "reset", "reason": reason}))
+
+
+@blueprint.post("/publish")
+def publish_http() -> tuple[Response, int]:
+    state = get_state()
+    try:
+        identity = authenticate(locations=("headers",))
+    except AccessError as exc:
+        return jsonify(exc.as_data()), exc.code
+    body: Any = request.get_json(silent=True)
+    if body is None:
+        return jsonify(
+            {"error": "the body must be JSON: an event object or an array of them", "code": 400}
+        ), 400
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        return jsonify({"error": "the array of events is empty", "code": 422}), 422
+    events = []
+    try:
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or "event" not in item or "data" not in item:
+                raise ValueError(f"item {index}: expected an object with 'event' and 'data'")
+            unknown = set(item) - {"event", "data", "userId", "channel"}
+            if unknown:
+                raise ValueError(f"item {index}: unknown keys {sorted(unknown)}")
+            if item["event"] in RESERVED_EVENTS:
+                raise ValueError(f"item {index}: event name {item['event']!r} is reserved")
+            event = make_event(
+                item["event"],
+                item["data"],
+                user_id=item.get("userId"),
+                channel=item.get("channel"),
+                max_bytes=state.settings.max_payload_bytes,
+            )
+            authorize_publish(identity, event.user_id, event.channel)
+            events.append(event)
+    except AccessError as exc:
+        return jsonify(exc.as_data()), exc.code
+    except ValueError as exc:
+        code = 413 if "-byte limit" in str(exc) else 422
+        return jsonify({"error": str(exc), "code": code}), code
+    try:
+        ids = state.append(events)
+    except PublishError as exc:
+        current_app.logger.error("publish failed: %s", exc)
+        return jsonify({"error": "the event could not be stored", "code": 503}), 503
+    if isinstance(body, list):
+        return jsonify({"ids": ids}), 201
+    return jsonify({"id": ids[0]}), 201
