@@ -30,6 +30,7 @@ control_socket_disable = True  # several instances may run side by side (tests, 
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+logger_class = "notifications.logs.RedactingGunicornLogger"  # no token ever reaches a log line
 
 _embedded: Any = None
 
@@ -58,7 +59,9 @@ def post_fork(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """Start this worker's listener, and end every stream promptly once the worker stops."""
     from notifications.extension import EXTENSION_KEY
+    from notifications.logs import attach_to_gunicorn
 
+    attach_to_gunicorn(worker.log.error_log)
     state = worker.wsgi.extensions.get(EXTENSION_KEY) if hasattr(worker.wsgi, "extensions") else None
     if state is None:
         return

@@ -13,19 +13,19 @@ if TYPE_CHECKING:
     from .exceptions import NotificationsError as NotificationsError
     from .exceptions import PublishError as PublishError
     from .extension import Notifications as Notifications
-    from .publish import broadcast_update as broadcast_update
-    from .publish import notify as notify
-    from .publish import publish as publish
-    from .publish import publish_many as publish_many
+    from .publishing import broadcast_update as broadcast_update
+    from .publishing import notify as notify
+    from .publishing import publish as publish
+    from .publishing import publish_many as publish_many
 
 _HOMES = {
     "Notifications": ".extension",
     "NotificationsError": ".exceptions",
     "PublishError": ".exceptions",
-    "broadcast_update": ".publish",
-    "notify": ".publish",
-    "publish": ".publish",
-    "publish_many": ".publish",
+    "broadcast_update": ".publishing",
+    "notify": ".publishing",
+    "publish": ".publishing",
+    "publish_many": ".publishing",
 }
 __all__ = sorted(_HOMES)
 

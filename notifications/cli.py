@@ -31,7 +31,7 @@ def _duration(value: str) -> float:
 @click.option("--channel", help="Deliver only to streams subscribed to this channel.")
 def publish_command(event: str, data_json: str, user_id: str | None, channel: str | None) -> None:
     """Publish EVENT with DATA_JSON (any JSON value) and print its id."""
-    from .publish import publish
+    from .publishing import publish
 
     try:
         data = json.loads(data_json)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import gevent
 import gevent.event
@@ -31,9 +33,9 @@ RECENT_EVENTS = 10_000
 class Subscriber:
     """One open stream: who it is, what it reads, and its bounded queue of encoded events."""
 
-    __slots__ = ("user_id", "channels", "limit", "pending", "wakeup", "closed", "writer")
+    __slots__ = ("user_id", "channels", "limit", "pending", "wakeup", "closed", "writer", "client")
 
-    def __init__(self, user_id: str, channels: Iterable[str], limit: int) -> None:
+    def __init__(self, user_id: str, channels: Iterable[str], limit: int, client: Any = None) -> None:
         self.user_id = user_id
         self.channels = frozenset(channels)
         self.limit = limit
@@ -41,6 +43,7 @@ class Subscriber:
         self.wakeup = gevent.event.Event()
         self.closed: str | None = None  # why the stream must end: "slow", "drain"
         self.writer: gevent.Greenlet | None = None  # set while the stream is blocked writing
+        self.client = client  # the client socket, when the server exposes it
 
     def push(self, event_id: int, frame: bytes) -> None:
         if self.closed:
@@ -58,8 +61,14 @@ class Subscriber:
         self.pending.clear()
         self.wakeup.set()
         if reason == "slow" and self.writer is not None:
-            # The client stopped reading and the write blocks: end the greenlet, not the worker.
+            # The client stopped reading and the write blocks: end that greenlet, and stop
+            # reading the socket so the server closes the connection instead of keeping it.
             self.writer.kill(block=False)
+            if self.client is not None:
+                try:
+                    self.client.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
 
     def take(self) -> list[tuple[int, bytes]]:
         items, self.pending = self.pending, []

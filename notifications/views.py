@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from .auth import AccessError, Identity, authenticate, authorize_publish, author
 from .events import make_event, parse_channels, serialize, validate_user_id
 from .extension import State, get_state
 from .fanout import Subscriber
-from .publish import RESERVED_EVENTS, PublishError
+from .publishing import RESERVED_EVENTS, PublishError
 from .sse import encode
 
 log = logging.getLogger("notifications.stream")
@@ -94,7 +95,8 @@ def stream() -> Response:
         last_id = request.args.get("lastEventId")
     if not state.ensure_listening():
         return refusal(state, AccessError(503, "notifications are unavailable: the database is unreachable"))
-    subscriber = Subscriber(reader, channels, state.settings.queue_size)
+    client = request.environ.get("gunicorn.socket") or request.environ.get("gunicorn.sock")
+    subscriber = Subscriber(reader, channels, state.settings.queue_size, client)
     return _event_stream(StreamSession(state, subscriber, identity, last_id).run())
 
 
@@ -188,6 +190,7 @@ class StreamSession:
             sub.wakeup.wait(max(0.0, deadline - now))
             if sub.closed == "drain":
                 yield encode(retry=jittered(settings.retry_ms))
+                self._end_keepalive()
                 return
             if sub.closed:
                 return
@@ -202,6 +205,15 @@ class StreamSession:
                 sub.writer = gevent.getcurrent()
                 yield b"".join(chunk)
                 sub.writer = None
+
+    def _end_keepalive(self) -> None:
+        """After the last chunk, stop reading the connection so the server closes it at once
+        instead of holding it open for another request while the worker shuts down."""
+        if self.sub.client is not None:
+            try:
+                self.sub.client.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
 
 def _reset(reason: str, at: int) -> bytes:

@@ -1,0 +1,60 @@
+"""Logging that never shows a token: redaction for the access log and the application log.
+
+A JWT or stream ticket in the query string (``?token=``, ``?ticket=``) is replaced by
+``[redacted]`` in every line; gunicorn uses ``RedactingGunicornLogger`` (see gunicorn.conf.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s\"'])(?:token|ticket|access_token|jwt)=)[^&;\s\"']*")
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with every token-like query parameter and bearer credential blanked out."""
+    return _BEARER.sub(r"\1[redacted]", _SECRET_PARAM.sub(r"\1[redacted]", text))
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts the formatted message of every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class RedactingGunicornLogger(Logger):
+    """gunicorn's logger, with the request line, path and query redacted in the access log."""
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        for key in ("r", "q", "U"):
+            if isinstance(atoms.get(key), str):
+                atoms[key] = redact(atoms[key])
+        for key in list(atoms):
+            if key.startswith("{") and isinstance(atoms[key], str):
+                atoms[key] = redact(atoms[key])
+        return atoms
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.addFilter(RedactingFilter())
+
+
+def attach_to_gunicorn(error_log: logging.Logger) -> None:
+    """Send this package's and the app's log lines to gunicorn's error log (redacted)."""
+    for name in ("notifications", "app", "wsgi"):
+        logger = logging.getLogger(name)
+        logger.handlers = list(error_log.handlers)
+        logger.setLevel(error_log.level)
+        logger.propagate = False
