@@ -8,12 +8,14 @@ the ``postgres`` system user (else ``nobody``); the data folder is owned by that
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +69,12 @@ def _run_as() -> str | None:
     raise EmbeddedPostgresError("Running as root and no 'postgres' or 'nobody' user exists.")
 
 
+def _reachable_by(user: str, folder: Path) -> bool:
+    """Whether ``user`` can enter ``folder`` (creating it first if needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["test", "-x", str(folder)], user=user, check=False).returncode == 0
+
+
 class EmbeddedPostgres:
     """A PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1 and a socket in the folder."""
 
@@ -75,6 +83,12 @@ class EmbeddedPostgres:
         self.bin_dir = find_binaries()
         self.user = _run_as()
         self.started_here = False
+        if self.user is not None and not _reachable_by(self.user, self.data_dir.parent):
+            # As root in a private folder (say /root/project) the postgres user cannot reach the
+            # instance folder: keep the cluster in a folder of its own under the temp directory.
+            digest = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:12]
+            self.data_dir = Path(tempfile.gettempdir()) / f"notifications-pg-{digest}" / self.data_dir.name
+            self.data_dir.parent.mkdir(mode=0o755, exist_ok=True)
 
     @property
     def port(self) -> int:
