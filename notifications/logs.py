@@ -32,7 +32,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class RedactingGunicornLogger(Logger):
+class RedactingGunicornLogger(Logger):  # type: ignore[misc]
     """gunicorn's logger, with the request line, path and query redacted in the access log."""
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
