@@ -10,6 +10,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .auth import Identity as Identity
     from .exceptions import NotificationsError as NotificationsError
     from .exceptions import PublishError as PublishError
     from .extension import Notifications as Notifications
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .publishing import publish_many as publish_many
 
 _HOMES = {
+    "Identity": ".auth",
     "Notifications": ".extension",
     "NotificationsError": ".exceptions",
     "PublishError": ".exceptions",

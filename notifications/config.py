@@ -15,13 +15,16 @@ from .events import parse_channels, parse_duration
 DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_AUTO_MIGRATE": True,
     "NOTIFICATIONS_CONNECT_MESSAGE": True,
+    "NOTIFICATIONS_CORS_ORIGINS": "",
     "NOTIFICATIONS_DEV_MODE": False,
     "NOTIFICATIONS_ENV": "development",
+    "NOTIFICATIONS_EXPIRY_WARNING": "60s",
     "NOTIFICATIONS_HEARTBEAT_INTERVAL": 30.0,
     "NOTIFICATIONS_HTTP_ERRORS": False,
     "NOTIFICATIONS_LISTEN_DATABASE_URL": None,
     "NOTIFICATIONS_LISTENER_PROBE_INTERVAL": 5.0,
     "NOTIFICATIONS_MAX_PAYLOAD_BYTES": 65536,
+    "NOTIFICATIONS_MAX_STREAM_LIFETIME": "1h",
     "NOTIFICATIONS_POOL_SIZE": 5,
     "NOTIFICATIONS_PRUNE_INTERVAL": "60s",
     "NOTIFICATIONS_PUBLIC_CHANNELS": "",
@@ -34,7 +37,16 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_TABLE": "notification_events",
 }
 # Keys owned by other libraries that this package also reads from the environment.
-PASSTHROUGH_KEYS = ("DATABASE_URL", "JWT_SECRET_KEY", "JWT_PUBLIC_KEY", "JWT_ALGORITHM")
+PASSTHROUGH_KEYS = (
+    "DATABASE_URL",
+    "JWT_ALGORITHM",
+    "JWT_DECODE_ALGORITHMS",
+    "JWT_DECODE_AUDIENCE",
+    "JWT_DECODE_ISSUER",
+    "JWT_PRIVATE_KEY",
+    "JWT_PUBLIC_KEY",
+    "JWT_SECRET_KEY",
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -98,13 +110,16 @@ class Settings:
 
     auto_migrate: bool
     connect_message: bool
+    cors_origins: str
     dev_mode: bool
     production: bool
+    expiry_warning: float
     heartbeat_interval: float
     http_errors: bool
     listen_database_url: str | None
     listener_probe_interval: float
     max_payload_bytes: int
+    max_stream_lifetime: float
     pool_size: int
     prune_interval: float
     public_channels: frozenset[str]
@@ -141,6 +156,11 @@ def read(config: dict[str, Any]) -> Settings:
     return Settings(
         auto_migrate=_bool("NOTIFICATIONS_AUTO_MIGRATE", config["NOTIFICATIONS_AUTO_MIGRATE"]),
         connect_message=_bool("NOTIFICATIONS_CONNECT_MESSAGE", config["NOTIFICATIONS_CONNECT_MESSAGE"]),
+        cors_origins=str(config["NOTIFICATIONS_CORS_ORIGINS"] or ""),
+        expiry_warning=_duration("NOTIFICATIONS_EXPIRY_WARNING", config["NOTIFICATIONS_EXPIRY_WARNING"]),
+        max_stream_lifetime=_duration(
+            "NOTIFICATIONS_MAX_STREAM_LIFETIME", config["NOTIFICATIONS_MAX_STREAM_LIFETIME"] or 0
+        ),
         dev_mode=_bool("NOTIFICATIONS_DEV_MODE", config["NOTIFICATIONS_DEV_MODE"]),
         production=env == "production",
         heartbeat_interval=_number(float, 0.05)(

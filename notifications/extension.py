@@ -7,7 +7,7 @@ so a gunicorn worker creates them after the fork (and after psycogreen is instal
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent.lock
@@ -18,6 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from . import config as config_module
+from . import cors
+from .auth import Identity, authenticate
 from .config import Settings
 from .events import Event
 from .exceptions import NotificationsError, PublishError
@@ -25,6 +27,8 @@ from .fanout import Hub, Listener
 from .store import EventStore, raw_json_serializer
 
 log = logging.getLogger("notifications")
+
+IdentityHook = Callable[[], "Identity | str | None"]
 
 EXTENSION_KEY = "notifications"
 URL_PREFIX = "/api/notifications"
@@ -34,8 +38,11 @@ LISTENER_START_TIMEOUT = 10.0
 class State:
     """Everything one app's notifications need at run time."""
 
-    def __init__(self, app: Flask, settings: Settings, database_url: str) -> None:
+    def __init__(
+        self, app: Flask, settings: Settings, database_url: str, identity_hook: IdentityHook | None = None
+    ) -> None:
         self.app = app
+        self.identity_hook = identity_hook
         self.settings = settings
         self.database_url = database_url
         self.hub = Hub()
@@ -76,6 +83,16 @@ class State:
             self._listener = Listener(self.hub, self.store, engine, probe)
         return self._listener
 
+    def identify(self) -> Identity:
+        """Who is asking: the host app's hook first (say, its login session), else the JWT."""
+        if self.identity_hook is not None:
+            found = self.identity_hook()
+            if isinstance(found, Identity):
+                return found
+            if found is not None:
+                return Identity(subject=str(found), expires_at=None)
+        return authenticate()
+
     def ensure_listening(self, timeout: float = LISTENER_START_TIMEOUT) -> bool:
         """Start this process's listener if needed; True once the hub has a cursor."""
         listener = self.listener
@@ -96,9 +113,15 @@ class State:
 
 
 class Notifications:
-    """Real-time notifications over Server-Sent Events, stored in PostgreSQL."""
+    """Real-time notifications over Server-Sent Events, stored in PostgreSQL.
 
-    def __init__(self, app: Flask | None = None) -> None:
+    ``identity`` is an optional hook called in the stream's request context: return the user id
+    (or an ``Identity`` with grants) of a request the host app has already authenticated, for
+    example Flask-Login's ``current_user.get_id()``, or None to fall back to the JWT.
+    """
+
+    def __init__(self, app: Flask | None = None, *, identity: IdentityHook | None = None) -> None:
+        self.identity_hook = identity
         if app is not None:
             self.init_app(app)
 
@@ -115,13 +138,14 @@ class Notifications:
         url = config_module.normalize_database_url(str(url))
         app.config["DATABASE_URL"] = url
         _configure_jwt(app)
-        state = State(app, settings, url)
+        state = State(app, settings, url, self.identity_hook)
         app.extensions[EXTENSION_KEY] = state
 
         from .cli import cli
         from .views import blueprint
 
         app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
+        cors.install(app, settings.cors_origins, URL_PREFIX)
         app.cli.add_command(cli)
         if settings.auto_migrate:
             from .migrate import upgrade
@@ -130,6 +154,8 @@ class Notifications:
 
 
 def _configure_jwt(app: Flask) -> None:
+    if app.config.get("JWT_PUBLIC_KEY") and not app.config.get("JWT_ALGORITHM"):
+        raise config_module.ConfigError("JWT_PUBLIC_KEY is set: set JWT_ALGORITHM too (RS256, ES256, ...)")
     app.config.setdefault("JWT_TOKEN_LOCATION", ["headers", "query_string", "cookies"])
     app.config.setdefault("JWT_QUERY_STRING_NAME", "token")
     app.config.setdefault("JWT_VERIFY_SUB", False)  # ``sub`` may be a number; compared as a string

@@ -12,7 +12,7 @@ from .events import Event, build_notification, build_update, make_event
 from .exceptions import PublishError
 from .extension import get_state
 
-RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset"})
+RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset", "token-expiring"})
 
 __all__ = ["PublishError", "broadcast_update", "notify", "publish", "publish_many"]
 

@@ -80,7 +80,7 @@ def parse_last_event_id(raw: str) -> int | None:
 def stream() -> Response:
     state = get_state()
     try:
-        identity = authenticate()
+        identity = state.identify()
         try:
             channels = parse_channels(request.args.get("channels"))
             user_param = request.args.get("userId")
@@ -103,7 +103,7 @@ def stream() -> Response:
 class StreamSession:
     """One open stream: connect, replay what was missed, then live events and heartbeats."""
 
-    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor")
+    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at")
 
     def __init__(self, state: State, sub: Subscriber, identity: Identity, last_id: str | None) -> None:
         self.state = state
@@ -111,6 +111,9 @@ class StreamSession:
         self.expires_at = identity.expires_at
         self.last_id = last_id
         self.cursor = 0
+        lifetime = state.settings.max_stream_lifetime
+        # Jittered, so streams opened together (after a deploy) do not all end together.
+        self.ends_at = time.monotonic() + lifetime * random.uniform(0.8, 1.0) if lifetime else None
 
     def run(self) -> Iterator[bytes]:
         hub = self.state.hub
@@ -178,24 +181,32 @@ class StreamSession:
         sub, settings = self.sub, self.state.settings
         interval = settings.heartbeat_interval
         next_beat = time.monotonic() + interval
+        warn_at = None if self.expires_at is None else self.expires_at - settings.expiry_warning
         while True:
             now = time.monotonic()
-            deadline = next_beat
+            deadline = next_beat if self.ends_at is None else min(next_beat, self.ends_at)
+            chunk: list[bytes] = []
             if self.expires_at is not None:
-                left = self.expires_at - time.time()
-                if left <= 0:
+                wall = time.time()
+                if wall >= self.expires_at:
                     yield encode(event="error", data=serialize({"error": "token expired", "code": 401}))
                     return
-                deadline = min(deadline, now + left)
-            sub.wakeup.wait(max(0.0, deadline - now))
-            if sub.closed == "drain":
+                if warn_at is not None and wall >= warn_at:
+                    chunk.append(_expiring(self.expires_at, wall))
+                    warn_at = None
+                deadline = min(deadline, now + self.expires_at - wall)
+                if warn_at is not None:
+                    deadline = min(deadline, now + warn_at - wall)
+            if not chunk:
+                sub.wakeup.wait(max(0.0, deadline - now))
+            if sub.closed == "drain" or (self.ends_at is not None and time.monotonic() >= self.ends_at):
                 yield encode(retry=jittered(settings.retry_ms))
                 self._end_keepalive()
                 return
             if sub.closed:
                 return
             fresh = [(event_id, frame) for event_id, frame in sub.take() if event_id > self.cursor]
-            chunk = [frame for _, frame in fresh]
+            chunk.extend(frame for _, frame in fresh)
             if fresh:
                 self.cursor = fresh[-1][0]
             if time.monotonic() >= next_beat:
@@ -214,6 +225,15 @@ class StreamSession:
                 self.sub.client.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
+
+
+def _expiring(expires_at: float, now: float) -> bytes:
+    data = {
+        "type": "token-expiring",
+        "expiresAt": int(expires_at),
+        "expiresIn": max(0, int(expires_at - now)),
+    }
+    return encode(event="token-expiring", data=serialize(data))
 
 
 def _reset(reason: str, at: int) -> bytes:
