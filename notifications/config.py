@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .events import parse_channels, parse_duration
+from .limits import Rate, parse_rate
 
 # Every key with its default, alphabetised. Values may be given as strings (environment).
 DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_AUTO_MIGRATE": True,
     "NOTIFICATIONS_CONNECT_MESSAGE": True,
+    "NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS": "600/minute",
+    "NOTIFICATIONS_CONNECT_RATE_PER_USER": "60/minute",
     "NOTIFICATIONS_CORS_ORIGINS": "",
     "NOTIFICATIONS_DEV_MODE": False,
     "NOTIFICATIONS_ENV": "development",
@@ -25,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_LISTENER_PROBE_INTERVAL": 5.0,
     "NOTIFICATIONS_MAX_PAYLOAD_BYTES": 65536,
     "NOTIFICATIONS_MAX_STREAM_LIFETIME": "1h",
+    "NOTIFICATIONS_MAX_STREAMS_PER_USER": 10,
     "NOTIFICATIONS_POOL_SIZE": 5,
     "NOTIFICATIONS_PRUNE_INTERVAL": "60s",
     "NOTIFICATIONS_PUBLIC_CHANNELS": "",
@@ -35,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_RETENTION_MAX_EVENTS": None,
     "NOTIFICATIONS_RETRY_MS": 3000,
     "NOTIFICATIONS_TABLE": "notification_events",
+    "NOTIFICATIONS_TICKET_TTL": "30s",
 }
 # Keys owned by other libraries that this package also reads from the environment.
 PASSTHROUGH_KEYS = (
@@ -87,6 +92,15 @@ def _duration(key: str, value: Any) -> float:
         raise ConfigError(f"{key}={value!r}: expected seconds or 30s, 15m, 6h, 7d") from None
 
 
+def _rate(key: str, value: Any) -> Rate | None:
+    try:
+        return parse_rate(value)
+    except ValueError:
+        raise ConfigError(
+            f"{key}={value!r}: expected N/second, N/minute, N/hour, N/day, or 0 for none"
+        ) from None
+
+
 def _optional(convert: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     def wrapped(key: str, value: Any) -> Any:
         return None if value is None or value == "" else convert(key, value)
@@ -110,6 +124,8 @@ class Settings:
 
     auto_migrate: bool
     connect_message: bool
+    connect_rate_per_address: Rate | None
+    connect_rate_per_user: Rate | None
     cors_origins: str
     dev_mode: bool
     production: bool
@@ -120,6 +136,7 @@ class Settings:
     listener_probe_interval: float
     max_payload_bytes: int
     max_stream_lifetime: float
+    max_streams_per_user: int
     pool_size: int
     prune_interval: float
     public_channels: frozenset[str]
@@ -130,6 +147,7 @@ class Settings:
     retention_max_events: int | None
     retry_ms: int
     table: str
+    ticket_ttl: float
 
 
 def read(config: dict[str, Any]) -> Settings:
@@ -156,6 +174,16 @@ def read(config: dict[str, Any]) -> Settings:
     return Settings(
         auto_migrate=_bool("NOTIFICATIONS_AUTO_MIGRATE", config["NOTIFICATIONS_AUTO_MIGRATE"]),
         connect_message=_bool("NOTIFICATIONS_CONNECT_MESSAGE", config["NOTIFICATIONS_CONNECT_MESSAGE"]),
+        connect_rate_per_address=_rate(
+            "NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS", config["NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS"]
+        ),
+        connect_rate_per_user=_rate(
+            "NOTIFICATIONS_CONNECT_RATE_PER_USER", config["NOTIFICATIONS_CONNECT_RATE_PER_USER"]
+        ),
+        max_streams_per_user=_number(int, 0)(
+            "NOTIFICATIONS_MAX_STREAMS_PER_USER", config["NOTIFICATIONS_MAX_STREAMS_PER_USER"] or 0
+        ),
+        ticket_ttl=_duration("NOTIFICATIONS_TICKET_TTL", config["NOTIFICATIONS_TICKET_TTL"]),
         cors_origins=str(config["NOTIFICATIONS_CORS_ORIGINS"] or ""),
         expiry_warning=_duration("NOTIFICATIONS_EXPIRY_WARNING", config["NOTIFICATIONS_EXPIRY_WARNING"]),
         max_stream_lifetime=_duration(

@@ -7,13 +7,15 @@ so a gunicorn worker creates them after the fork (and after psycogreen is instal
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gevent
 import gevent.lock
 from flask import Flask, current_app
 from flask_jwt_extended import JWTManager
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -24,6 +26,7 @@ from .config import Settings
 from .events import Event
 from .exceptions import NotificationsError, PublishError
 from .fanout import Hub, Listener
+from .limits import LEASE_SECONDS, Limits
 from .store import EventStore, raw_json_serializer
 
 log = logging.getLogger("notifications")
@@ -49,6 +52,8 @@ class State:
         self.replay_gate = gevent.lock.BoundedSemaphore(settings.replay_concurrency)
         self._store: EventStore | None = None
         self._listener: Listener | None = None
+        self._limits: Limits | None = None
+        self._maintenance: gevent.Greenlet | None = None
 
     @property
     def store(self) -> EventStore:
@@ -61,6 +66,19 @@ class State:
         options.setdefault("max_overflow", self.settings.pool_size)
         options.setdefault("pool_pre_ping", True)
         return create_engine(url, json_serializer=raw_json_serializer, **options)
+
+    @property
+    def limits(self) -> Limits:
+        if self._limits is None:
+            s = self.settings
+            self._limits = Limits(
+                self.store.engine,
+                s.table,
+                s.max_streams_per_user,
+                s.connect_rate_per_user,
+                s.connect_rate_per_address,
+            )
+        return self._limits
 
     @property
     def listener(self) -> Listener:
@@ -80,7 +98,10 @@ class State:
                     "application_name": "notifications-listener",
                 },
             )
-            self._listener = Listener(self.hub, self.store, engine, probe)
+            limits = self.limits
+            self._listener = Listener(
+                self.hub, self.store, engine, probe, on_tick=lambda conn: limits.beat(conn, LEASE_SECONDS / 3)
+            )
         return self._listener
 
     def identify(self) -> Identity:
@@ -97,7 +118,38 @@ class State:
         """Start this process's listener if needed; True once the hub has a cursor."""
         listener = self.listener
         listener.start()
+        if self._maintenance is None:
+            self._maintenance = gevent.spawn(self._maintain)
         return bool(listener.started.wait(timeout))
+
+    def _maintain(self) -> None:
+        """Prune old events and stale limit rows, in one process at a time across all machines."""
+        interval = self.settings.prune_interval
+        while interval > 0:
+            gevent.sleep(interval * random.uniform(0.5, 1.5))
+            try:
+                self.prune_once()
+            except Exception as exc:  # the database may be away; try again next time
+                log.warning("pruning failed: %s", type(exc).__name__)
+
+    def prune_once(self) -> int | None:
+        """Prune if no other process is pruning right now; return how many events, or None."""
+        s = self.settings
+        with self.store.engine.connect() as conn:
+            if not conn.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": self.store.lock_key + 1}
+            ).scalar():
+                conn.rollback()
+                return None
+            conn.commit()
+            try:
+                deleted = self.store.prune(s.retention, s.retention_max_events)
+                with conn.begin():
+                    self.limits.clean_up(conn)
+                return deleted
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.store.lock_key + 1})
+                conn.commit()
 
     def append(self, events: Sequence[Event]) -> list[str]:
         try:
@@ -110,6 +162,10 @@ class State:
         self.hub.drain()
         if self._listener is not None:
             self._listener.stop()
+        if self._maintenance is not None:
+            self._maintenance.kill(block=False)
+        if self._limits is not None:
+            self._limits.close_worker()
 
 
 class Notifications:

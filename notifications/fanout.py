@@ -14,7 +14,7 @@ import logging
 import random
 import socket
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
@@ -33,7 +33,7 @@ RECENT_EVENTS = 10_000
 class Subscriber:
     """One open stream: who it is, what it reads, and its bounded queue of encoded events."""
 
-    __slots__ = ("user_id", "channels", "limit", "pending", "wakeup", "closed", "writer", "client")
+    __slots__ = ("user_id", "channels", "limit", "pending", "wakeup", "closed", "writer", "client", "watcher")
 
     def __init__(self, user_id: str, channels: Iterable[str], limit: int, client: Any = None) -> None:
         self.user_id = user_id
@@ -44,6 +44,37 @@ class Subscriber:
         self.closed: str | None = None  # why the stream must end: "slow", "drain"
         self.writer: gevent.Greenlet | None = None  # set while the stream is blocked writing
         self.client = client  # the client socket, when the server exposes it
+        self.watcher: Any = None
+
+    def watch_disconnect(self) -> None:
+        """Notice at once when the client hangs up, not at the next write: a libev watcher on
+        the socket (no greenlet) that ends the stream when the socket reads end-of-file."""
+        if self.client is None:
+            return
+        try:
+            fd = self.client.fileno()
+        except OSError:
+            return
+        watcher = gevent.get_hub().loop.io(fd, 1)
+        watcher.start(self._readable)
+        self.watcher = watcher
+
+    def _readable(self) -> None:
+        try:
+            data = self.client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.unwatch()
+        if not data:  # end-of-file: the client is gone
+            self.close("gone")
+
+    def unwatch(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher.close()
+            self.watcher = None
 
     def push(self, event_id: int, frame: bytes) -> None:
         if self.closed:
@@ -102,6 +133,7 @@ class Hub:
             sub.close("drain")
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        sub.unwatch()
         self.everyone.discard(sub)
         _discard(self.by_user, sub.user_id, sub)
         for channel in sub.channels:
@@ -159,8 +191,16 @@ def _discard(index: dict[str, set[Subscriber]], key: str, sub: Subscriber) -> No
 class Listener:
     """The greenlet that owns this worker's LISTEN connection and feeds the hub."""
 
-    def __init__(self, hub: Hub, store: EventStore, listen_engine: Engine, probe_interval: float) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        store: EventStore,
+        listen_engine: Engine,
+        probe_interval: float,
+        on_tick: Callable[[Connection], None] | None = None,
+    ) -> None:
         self.hub = hub
+        self.on_tick = on_tick  # called after every wake-up, on the listener's connection
         self.store = store
         self.engine = listen_engine
         self.probe_interval = probe_interval
@@ -203,6 +243,8 @@ class Listener:
         self.started.set()
         self.connected.set()
         self._catch_up(conn)
+        if self.on_tick is not None:
+            self.on_tick(conn)
         while True:
             readable, _, _ = gselect.select([raw], [], [], self.probe_interval)
             if readable:
@@ -211,6 +253,8 @@ class Listener:
             # One query per wake-up; when quiet it is the probe that proves the link alive.
             with gevent.Timeout(max(self.probe_interval, 1.0) * 2):
                 self._catch_up(conn)
+                if self.on_tick is not None:
+                    self.on_tick(conn)
 
     def _catch_up(self, conn: Connection) -> None:
         assert self.hub.cursor is not None

@@ -21,6 +21,7 @@ from typing import Any
 
 import gevent
 from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from .auth import AccessError, Identity, authenticate, authorize_publish, authorize_stream
 from .events import make_event, parse_channels, serialize, validate_user_id
@@ -28,6 +29,7 @@ from .extension import State, get_state
 from .fanout import Subscriber
 from .publishing import RESERVED_EVENTS, PublishError
 from .sse import encode
+from .tickets import issue, redeem
 
 log = logging.getLogger("notifications.stream")
 
@@ -65,7 +67,11 @@ def refusal(state: State, error: AccessError) -> Response:
         )
 
     log.info("stream refused: %s %s", error.code, error.message)
-    return _event_stream(body(), error.code if state.settings.http_errors else 200)
+    response = _event_stream(body(), error.code if state.settings.http_errors else 200)
+    retry_after = error.detail.get("retryAfter")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def parse_last_event_id(raw: str) -> int | None:
@@ -80,7 +86,12 @@ def parse_last_event_id(raw: str) -> int | None:
 def stream() -> Response:
     state = get_state()
     try:
-        identity = state.identify()
+        ticket = request.args.get("ticket")
+        identity = (
+            redeem(state.store.engine, state.settings.table, ticket)
+            if ticket is not None
+            else state.identify()
+        )
         try:
             channels = parse_channels(request.args.get("channels"))
             user_param = request.args.get("userId")
@@ -88,8 +99,11 @@ def stream() -> Response:
         except ValueError as exc:
             raise AccessError(400, str(exc)) from None
         reader = authorize_stream(identity, user_id, channels, state.settings.public_channels)
+        lease = _admit(state, identity.subject)
     except AccessError as exc:
         return refusal(state, exc)
+    except SQLAlchemyError:
+        return refusal(state, AccessError(503, "tickets are unavailable: the database is unreachable"))
     last_id = request.headers.get("Last-Event-ID")
     if last_id is None:
         last_id = request.args.get("lastEventId")
@@ -97,16 +111,28 @@ def stream() -> Response:
         return refusal(state, AccessError(503, "notifications are unavailable: the database is unreachable"))
     client = request.environ.get("gunicorn.socket") or request.environ.get("gunicorn.sock")
     subscriber = Subscriber(reader, channels, state.settings.queue_size, client)
-    return _event_stream(StreamSession(state, subscriber, identity, last_id).run())
+    return _event_stream(StreamSession(state, subscriber, identity, last_id, lease).run())
+
+
+def _admit(state: State, subject: str) -> int | None:
+    """Apply the connection limits; when the database is away, let the stream in unlimited."""
+    try:
+        return state.limits.admit(subject, request.remote_addr)
+    except SQLAlchemyError as exc:
+        log.warning("connection limits unavailable (%s): admitting the stream", type(exc).__name__)
+        return None
 
 
 class StreamSession:
     """One open stream: connect, replay what was missed, then live events and heartbeats."""
 
-    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at")
+    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at", "lease")
 
-    def __init__(self, state: State, sub: Subscriber, identity: Identity, last_id: str | None) -> None:
+    def __init__(
+        self, state: State, sub: Subscriber, identity: Identity, last_id: str | None, lease: int | None = None
+    ) -> None:
         self.state = state
+        self.lease = lease
         self.sub = sub
         self.expires_at = identity.expires_at
         self.last_id = last_id
@@ -118,6 +144,7 @@ class StreamSession:
     def run(self) -> Iterator[bytes]:
         hub = self.state.hub
         hub.subscribe(self.sub)
+        self.sub.watch_disconnect()
         try:
             yield encode(retry=jittered(self.state.settings.retry_ms))
             yield from self._connect()
@@ -131,6 +158,7 @@ class StreamSession:
             yield encode(event="error", data=serialize({"error": "internal error", "code": 500}))
         finally:
             hub.unsubscribe(self.sub)
+            self.state.limits.release(self.lease)
 
     def _connect(self) -> Iterator[bytes]:
         """The reset (if any), the connect message and the replay of what was missed."""
@@ -238,6 +266,24 @@ def _expiring(expires_at: float, now: float) -> bytes:
 
 def _reset(reason: str, at: int) -> bytes:
     return encode(id=at, event="reset", data=serialize({"type": "reset", "reason": reason}))
+
+
+@blueprint.post("/ticket")
+def ticket() -> tuple[Response, int]:
+    """Trade the real token (header or cookie) for a short-lived, single-use stream ticket."""
+    state = get_state()
+    try:
+        identity = authenticate(locations=("headers", "cookies"))
+    except AccessError as exc:
+        return jsonify(exc.as_data()), exc.code
+    ttl = state.settings.ticket_ttl
+    if identity.expires_at is not None:
+        ttl = max(0.0, min(ttl, identity.expires_at - time.time()))
+    try:
+        value = issue(state.store.engine, state.settings.table, identity, ttl)
+    except SQLAlchemyError:
+        return jsonify({"error": "tickets are unavailable: the database is unreachable", "code": 503}), 503
+    return jsonify({"ticket": value, "expiresIn": int(ttl)}), 201
 
 
 @blueprint.post("/publish")
