@@ -27,7 +27,7 @@ from .events import Event
 from .exceptions import NotificationsError, PublishError
 from .fanout import Hub, Listener
 from .limits import LEASE_SECONDS, Limits
-from .store import EventStore, raw_json_serializer
+from .store import EventStore
 
 log = logging.getLogger("notifications")
 
@@ -65,7 +65,7 @@ class State:
         options.setdefault("pool_size", self.settings.pool_size)
         options.setdefault("max_overflow", self.settings.pool_size)
         options.setdefault("pool_pre_ping", True)
-        return create_engine(url, json_serializer=raw_json_serializer, **options)
+        return create_engine(url, **options)
 
     @property
     def limits(self) -> Limits:

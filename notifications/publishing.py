@@ -1,12 +1,21 @@
-"""The publish API: ``notify``, ``broadcast_update`` and ``publish``.
+"""The publish API: ``notify``, ``broadcast_update``, ``publish`` and ``publish_many``.
 
-Each validates its input (``ValueError``, nothing stored), stores the event with its NOTIFY in
-one transaction and returns the new id as a string. Call them inside an app context.
+Each validates its input (``ValueError``, nothing stored), stores the event with its NOTIFY and
+returns the new id as a string. Call them inside an app context.
+
+By default an event is stored in a short transaction of its own. Pass ``session=`` (an
+SQLAlchemy ``Session``, Flask-SQLAlchemy's ``db.session`` included) or ``connection=`` (a Core
+``Connection``) to join the app's own transaction instead: the event is delivered if and only if
+that transaction commits, and not before. Joining takes the publish lock until the commit, so
+publish last, right before committing.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from .events import Event, build_notification, build_update, make_event
 from .exceptions import PublishError
@@ -17,11 +26,28 @@ RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset", "token-expiring"})
 __all__ = ["PublishError", "broadcast_update", "notify", "publish", "publish_many"]
 
 
-def _event(name: str, data: Any, user_id: object, channel: object) -> Event:
-    state = get_state()
+def _event(name: object, data: Any, user_id: object, channel: object) -> Event:
+    if name in RESERVED_EVENTS:
+        raise ValueError(f"event name {name!r} is reserved for the stream itself")
     return make_event(
-        name, data, user_id=user_id, channel=channel, max_bytes=state.settings.max_payload_bytes
+        name, data, user_id=user_id, channel=channel, max_bytes=get_state().settings.max_payload_bytes
     )
+
+
+def _append(events: list[Event], session: Any, connection: Connection | None) -> list[str]:
+    state = get_state()
+    if session is not None and connection is not None:
+        raise ValueError("pass session= or connection=, not both")
+    if session is not None:
+        if not hasattr(session, "connection"):
+            raise ValueError("session= must be an SQLAlchemy Session (or Flask-SQLAlchemy's db.session)")
+        connection = session.connection()
+    if connection is None:
+        return state.append(events)
+    try:
+        return state.store.append_in(connection, events)
+    except SQLAlchemyError as exc:
+        raise PublishError(f"could not store the event: {type(exc).__name__}") from exc
 
 
 def notify(
@@ -32,10 +58,12 @@ def notify(
     duration: int | None = None,
     user_id: str | int | None = None,
     channel: str | None = None,
+    session: Any = None,
+    connection: Connection | None = None,
 ) -> str:
     """Store a ``notification`` (a toast) for everyone, one user or one channel; return its id."""
     data = build_notification(message, notification_type, title, duration)
-    return get_state().append([_event("notification", data, user_id, channel)])[0]
+    return _append([_event("notification", data, user_id, channel)], session, connection)[0]
 
 
 def broadcast_update(
@@ -45,40 +73,44 @@ def broadcast_update(
     *,
     user_id: str | int | None = None,
     channel: str | None = None,
+    session: Any = None,
+    connection: Connection | None = None,
 ) -> str:
     """Store an ``update`` (``created``/``updated``/``deleted`` of an entity); return its id."""
     data = build_update(entity, action, payload)
-    return get_state().append([_event("update", data, user_id, channel)])[0]
+    return _append([_event("update", data, user_id, channel)], session, connection)[0]
 
 
-def publish(event: str, data: Any, *, user_id: str | int | None = None, channel: str | None = None) -> str:
+def publish(
+    event: str,
+    data: Any,
+    *,
+    user_id: str | int | None = None,
+    channel: str | None = None,
+    session: Any = None,
+    connection: Connection | None = None,
+) -> str:
     """Store a custom event (any JSON ``data``); return its id."""
-    if event in RESERVED_EVENTS:
-        raise ValueError(f"event name {event!r} is reserved for the stream itself")
-    return get_state().append([_event(event, data, user_id, channel)])[0]
+    return _append([_event(event, data, user_id, channel)], session, connection)[0]
 
 
-def publish_many(events: list[dict[str, Any]]) -> list[str]:
+def publish_many(
+    events: list[dict[str, Any]], *, session: Any = None, connection: Connection | None = None
+) -> list[str]:
     """Store many events in one transaction with one NOTIFY (all or nothing); return their ids.
 
     Each item is ``{"event": ..., "data": ..., "user_id"?: ..., "channel"?: ...}``.
     """
     built = []
     for index, item in enumerate(events):
-        name = item.get("event")
-        if name in RESERVED_EVENTS:
-            raise ValueError(f"item {index}: event name {name!r} is reserved for the stream itself")
+        if not isinstance(item, dict):
+            raise ValueError(f"item {index}: expected a dict with 'event' and 'data'")
         try:
             built.append(
-                _event(
-                    str(name) if name is not None else "",
-                    item.get("data"),
-                    item.get("user_id"),
-                    item.get("channel"),
-                )
+                _event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel"))
             )
         except ValueError as exc:
             raise ValueError(f"item {index}: {exc}") from None
     if not built:
         return []
-    return get_state().append(built)
+    return _append(built, session, connection)

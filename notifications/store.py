@@ -33,7 +33,6 @@ from sqlalchemy import (
     delete,
     false,
     func,
-    insert,
     or_,
     select,
     text,
@@ -91,6 +90,15 @@ class EventStore:
         self.events, self.state = build_tables(table)
         self.channel = table  # the NOTIFY channel
         self.lock_key = zlib.crc32(f"notifications:{table}".encode())
+        self._insert = text(
+            f'INSERT INTO "{table}" (event, data, user_id, channel) '
+            "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
+            "CAST(:names AS text[]), CAST(:datas AS text[]), "
+            "CAST(:users AS text[]), CAST(:channels AS text[])"
+            ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
+            "RETURNING id"
+        )
+        self._notify = text("SELECT pg_notify(:channel, :payload)")
         cols = self.events.c
         self._since = (
             select(cols.id, cols.event, cols.data, cols.user_id, cols.channel)
@@ -102,18 +110,21 @@ class EventStore:
     # -- writing ---------------------------------------------------------------------------
 
     def append_in(self, conn: Connection, events: Sequence[Event]) -> list[str]:
-        """Append inside the caller's transaction; call as late as possible before its commit."""
+        """Append inside the caller's transaction (any engine on this database): one INSERT of
+        every row, one NOTIFY. The lock is held to commit: call it late in long transactions."""
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.lock_key})
-        rows = [
-            {"event": e.name, "data": literal_json(e.data), "user_id": e.user_id, "channel": e.channel}
-            for e in events
-        ]
-        stmt = insert(self.events).returning(self.events.c.id, sort_by_parameter_order=True)
-        ids = [str(row.id) for row in conn.execute(stmt, rows)]
-        conn.execute(
-            text("SELECT pg_notify(:channel, :payload)"), {"channel": self.channel, "payload": ids[-1]}
-        )
-        return ids
+        ids = conn.execute(
+            self._insert,
+            {
+                "names": [e.name for e in events],
+                "datas": [e.data for e in events],
+                "users": [e.user_id for e in events],
+                "channels": [e.channel for e in events],
+            },
+        ).scalars()
+        ordered = sorted(int(i) for i in ids)  # identity values follow the unnest order
+        conn.execute(self._notify, {"channel": self.channel, "payload": str(ordered[-1])})
+        return [str(i) for i in ordered]
 
     def append(self, events: Sequence[Event]) -> list[str]:
         """Append events in one short transaction of their own (all or nothing)."""
@@ -223,19 +234,3 @@ class EventStore:
                 deleted += len(ids)
                 if len(ids) < batch:
                     return deleted
-
-
-def literal_json(data: str) -> Any:
-    """Hand already-serialised JSON to the JSONB column without parsing it again."""
-    return _RawJSON(data)
-
-
-class _RawJSON(str):
-    """A str that the JSONB bind processor passes through as-is (see ``_raw_json_serializer``)."""
-
-
-def raw_json_serializer(value: Any) -> str:
-    """The engine's ``json_serializer``: pre-serialised text passes through unchanged."""
-    if isinstance(value, _RawJSON):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
