@@ -17,6 +17,7 @@ from flask import Flask, Response, abort, jsonify, request
 import notifications
 from notifications import Notifications
 from notifications.config import ConfigError, development_key
+from notifications.ops import ops
 
 DEMO_USER = "demo"
 
@@ -57,10 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
 
     Notifications(app)
-
-    @app.get("/healthz")
-    def healthz() -> Any:
-        return jsonify({"status": "ok"})
+    app.register_blueprint(ops)
 
     if dev_mode:
         _add_development_routes(app)

@@ -33,12 +33,18 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 logger_class = "notifications.logs.RedactingGunicornLogger"  # no token ever reaches a log line
 
 _embedded: Any = None
+_metrics_dir: Any = None
 
 
 def on_starting(server: Any) -> None:
     """Start the embedded PostgreSQL (no DATABASE_URL) once, in the master, for every worker."""
-    global _embedded
+    global _embedded, _metrics_dir
     instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance")
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        _metrics_dir = tempfile.TemporaryDirectory(prefix="notifications-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir.name
     if not os.environ.get("DATABASE_URL"):
         from notifications.embedded import EmbeddedPostgres
 
@@ -97,7 +103,16 @@ def _announce_demo_token(worker: Any, app: Any) -> None:
     worker.log.info("try: curl -N 'http://%s:%s/api/notifications/stream?token=%s'", host, port, token)
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited: its open-stream gauge stops counting."""
+    from notifications.metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
 def on_exit(server: Any) -> None:
     """Stop the embedded PostgreSQL this master started."""
     if _embedded is not None and _embedded.started_here:
         _embedded.stop()
+    if _metrics_dir is not None:
+        _metrics_dir.cleanup()

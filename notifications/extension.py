@@ -15,12 +15,12 @@ import gevent
 import gevent.lock
 from flask import Flask, current_app
 from flask_jwt_extended import JWTManager
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from . import config as config_module
-from . import cors
+from . import cors, metrics
 from .auth import Identity, authenticate
 from .config import Settings
 from .events import Event
@@ -100,9 +100,14 @@ class State:
             )
             limits = self.limits
             self._listener = Listener(
-                self.hub, self.store, engine, probe, on_tick=lambda conn: limits.beat(conn, LEASE_SECONDS / 3)
+                self.hub, self.store, engine, probe, on_tick=lambda conn: self._tick(conn, limits)
             )
         return self._listener
+
+    @staticmethod
+    def _tick(conn: Connection, limits: Limits) -> None:
+        limits.beat(conn, LEASE_SECONDS / 3)
+        metrics.sample_memory()
 
     def identify(self) -> Identity:
         """Who is asking: the host app's hook first (say, its login session), else the JWT."""
@@ -153,9 +158,11 @@ class State:
 
     def append(self, events: Sequence[Event]) -> list[str]:
         try:
-            return self.store.append(events)
+            ids = self.store.append(events)
         except SQLAlchemyError as exc:
             raise PublishError(f"could not store the event: {type(exc).__name__}") from exc
+        metrics.EVENTS_PUBLISHED.inc(len(ids))
+        return ids
 
     def shutdown(self) -> None:
         """End every stream promptly and stop the listener (deploy, reload, exit)."""

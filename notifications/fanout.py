@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +23,7 @@ import gevent.event
 from gevent import select as gselect
 from sqlalchemy import Connection, Engine
 
+from . import metrics
 from .sse import encode
 from .store import BATCH, EventStore, StoredEvent
 
@@ -91,6 +93,8 @@ class Subscriber:
         self.closed = reason
         self.pending.clear()
         self.wakeup.set()
+        if reason == "slow":
+            metrics.SLOW_CONSUMERS.inc()
         if reason == "slow" and self.writer is not None:
             # The client stopped reading and the write blocks: end that greenlet, and stop
             # reading the socket so the server closes the connection instead of keeping it.
@@ -146,6 +150,8 @@ class Hub:
 
     def dispatch(self, events: Iterable[StoredEvent]) -> None:
         """Encode each event once and queue it on every stream that may see it."""
+        delivered = 0
+        now = time.time()
         for event in events:
             frame = encode(id=event.id, event=event.name, data=event.data)
             if event.channel is None:
@@ -158,10 +164,15 @@ class Hub:
                 targets = [s for s in self.by_user.get(event.user_id, ()) if event.channel in s.channels]
             for sub in list(targets):
                 sub.push(event.id, frame)
+                delivered += 1
+            if event.created_at:
+                metrics.DELIVERY_LATENCY.observe(max(0.0, now - event.created_at))
             if len(self.recent) == self.recent.maxlen:
                 self.recent_floor = self.recent[0][0].id
             self.recent.append((event, frame))
             self.cursor = event.id
+        if delivered:
+            metrics.EVENTS_DELIVERED.inc(delivered)
 
     def replay_from_memory(self, after: int, sub: Subscriber) -> list[tuple[int, bytes]] | None:
         """The frames after ``after`` that ``sub`` may see, if memory holds all of them."""
@@ -229,6 +240,7 @@ class Listener:
             except (Exception, gevent.Timeout) as exc:  # any failure: reconnect and catch up from the cursor
                 self.connected.clear()
                 self.reconnects += 1
+                metrics.LISTENER_RECONNECTS.inc()
                 log.warning("listener connection lost (%s); reconnecting", _short(exc))
             delay = backoff * random.uniform(0.5, 1.5)
             backoff = min(backoff * 2, 5.0)

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import metrics
 from .events import Event, build_notification, build_update, make_event
 from .exceptions import PublishError
 from .extension import get_state
@@ -45,9 +46,11 @@ def _append(events: list[Event], session: Any, connection: Connection | None) ->
     if connection is None:
         return state.append(events)
     try:
-        return state.store.append_in(connection, events)
+        ids = state.store.append_in(connection, events)
     except SQLAlchemyError as exc:
         raise PublishError(f"could not store the event: {type(exc).__name__}") from exc
+    metrics.EVENTS_PUBLISHED.inc(len(ids))
+    return ids
 
 
 def notify(

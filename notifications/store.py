@@ -76,6 +76,7 @@ class StoredEvent:
     data: str
     user_id: str | None
     channel: str | None
+    created_at: float = 0.0  # epoch seconds (the publishing transaction's start)
 
 
 def _compact(value: Any) -> str:
@@ -101,7 +102,14 @@ class EventStore:
         self._notify = text("SELECT pg_notify(:channel, :payload)")
         cols = self.events.c
         self._since = (
-            select(cols.id, cols.event, cols.data, cols.user_id, cols.channel)
+            select(
+                cols.id,
+                cols.event,
+                cols.data,
+                cols.user_id,
+                cols.channel,
+                func.extract("epoch", cols.created_at).label("created"),
+            )
             .where(cols.id > bindparam("after"))
             .order_by(cols.id)
             .limit(bindparam("limit"))
@@ -136,7 +144,9 @@ class EventStore:
     def read_since(self, conn: Connection, after: int, limit: int = BATCH) -> list[StoredEvent]:
         """Every event with ``id > after``, in id order, at most ``limit``."""
         rows = conn.execute(self._since, {"after": after, "limit": limit})
-        return [StoredEvent(r.id, r.event, _compact(r.data), r.user_id, r.channel) for r in rows]
+        return [
+            StoredEvent(r.id, r.event, _compact(r.data), r.user_id, r.channel, float(r.created)) for r in rows
+        ]
 
     def replay(self, after: int, upto: int, user_id: str, channels: Sequence[str]) -> Iterator[StoredEvent]:
         """The events in ``(after, upto]`` that a stream of ``user_id`` + ``channels`` may see."""

@@ -23,6 +23,7 @@ import gevent
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import metrics
 from .auth import AccessError, Identity, authenticate, authorize_publish, authorize_stream
 from .events import make_event, parse_channels, serialize, validate_user_id
 from .extension import State, get_state
@@ -67,6 +68,7 @@ def refusal(state: State, error: AccessError) -> Response:
         )
 
     log.info("stream refused: %s %s", error.code, error.message)
+    metrics.REFUSALS.labels(str(error.code)).inc()
     response = _event_stream(body(), error.code if state.settings.http_errors else 200)
     retry_after = error.detail.get("retryAfter")
     if retry_after is not None:
@@ -126,13 +128,14 @@ def _admit(state: State, subject: str) -> int | None:
 class StreamSession:
     """One open stream: connect, replay what was missed, then live events and heartbeats."""
 
-    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at", "lease")
+    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at", "lease", "reason")
 
     def __init__(
         self, state: State, sub: Subscriber, identity: Identity, last_id: str | None, lease: int | None = None
     ) -> None:
         self.state = state
         self.lease = lease
+        self.reason = "client"  # why the stream ended, for metrics: client, expired, lifetime, ...
         self.sub = sub
         self.expires_at = identity.expires_at
         self.last_id = last_id
@@ -145,6 +148,10 @@ class StreamSession:
         hub = self.state.hub
         hub.subscribe(self.sub)
         self.sub.watch_disconnect()
+        metrics.STREAMS_OPENED.inc()
+        metrics.OPEN_STREAMS.inc()
+        opened = time.monotonic()
+        self.reason = "client"
         try:
             yield encode(retry=jittered(self.state.settings.retry_ms))
             yield from self._connect()
@@ -155,10 +162,15 @@ class StreamSession:
             raise
         except Exception:
             log.exception("stream failed")
+            self.reason = "error"
+            metrics.REFUSALS.labels("500").inc()
             yield encode(event="error", data=serialize({"error": "internal error", "code": 500}))
         finally:
             hub.unsubscribe(self.sub)
             self.state.limits.release(self.lease)
+            metrics.OPEN_STREAMS.dec()
+            metrics.STREAMS_CLOSED.labels(self.sub.closed or self.reason).inc()
+            metrics.STREAM_DURATION.observe(time.monotonic() - opened)
 
     def _connect(self) -> Iterator[bytes]:
         """The reset (if any), the connect message and the replay of what was missed."""
@@ -198,6 +210,7 @@ class StreamSession:
             at = self.cursor if replay_after is None else replay_after
             head.append(encode(id=at, event="notification", data=serialize(CONNECT_MESSAGE)))
         if frames:
+            metrics.EVENTS_REPLAYED.inc(len(frames))
             head.extend(frame for _, frame in frames)
             self.cursor = max(self.cursor, frames[-1][0])
         if replay_after is not None:
@@ -217,6 +230,8 @@ class StreamSession:
             if self.expires_at is not None:
                 wall = time.time()
                 if wall >= self.expires_at:
+                    self.reason = "expired"
+                    metrics.REFUSALS.labels("401").inc()
                     yield encode(event="error", data=serialize({"error": "token expired", "code": 401}))
                     return
                 if warn_at is not None and wall >= warn_at:
@@ -228,6 +243,7 @@ class StreamSession:
             if not chunk:
                 sub.wakeup.wait(max(0.0, deadline - now))
             if sub.closed == "drain" or (self.ends_at is not None and time.monotonic() >= self.ends_at):
+                self.reason = "lifetime"
                 yield encode(retry=jittered(settings.retry_ms))
                 self._end_keepalive()
                 return
