@@ -6,7 +6,9 @@ A JWT or stream ticket in the query string (``?token=``, ``?ticket=``) is replac
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 from typing import Any
 
@@ -25,11 +27,51 @@ class RedactingFilter(logging.Filter):
     """A logging filter that redacts the formatted message of every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "gunicorn.access":
+            return True  # its fields are redacted in ``atoms``
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; access-log lines carry their fields, stream lines their details."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if record.name == "gunicorn.access" and isinstance(record.args, dict):
+            atoms = record.args
+            entry.update(
+                remote=atoms.get("h"),
+                method=atoms.get("m"),
+                path=redact(str(atoms.get("U", ""))),
+                query=redact(str(atoms.get("q", ""))),
+                status=_int(atoms.get("s")),
+                bytes=_int(atoms.get("B")),
+                duration_ms=_int(atoms.get("M")),
+                agent=atoms.get("a"),
+            )
+        else:
+            entry["message"] = redact(record.getMessage())
+        details = getattr(record, "stream", None)
+        if isinstance(details, dict):
+            entry.update(details)
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+def _int(value: Any) -> Any:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
 
 
 class RedactingGunicornLogger(Logger):  # type: ignore[misc]
@@ -47,8 +89,11 @@ class RedactingGunicornLogger(Logger):  # type: ignore[misc]
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        for handler in self.error_log.handlers:
+        json_lines = os.environ.get("LOG_FORMAT", "").lower() == "json"
+        for handler in (*self.error_log.handlers, *self.access_log.handlers):
             handler.addFilter(RedactingFilter())
+            if json_lines:
+                handler.setFormatter(JsonFormatter())
 
 
 def attach_to_gunicorn(error_log: logging.Logger) -> None:

@@ -128,7 +128,7 @@ def _admit(state: State, subject: str) -> int | None:
 class StreamSession:
     """One open stream: connect, replay what was missed, then live events and heartbeats."""
 
-    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at", "lease", "reason")
+    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at", "lease", "reason", "sent")
 
     def __init__(
         self, state: State, sub: Subscriber, identity: Identity, last_id: str | None, lease: int | None = None
@@ -136,6 +136,7 @@ class StreamSession:
         self.state = state
         self.lease = lease
         self.reason = "client"  # why the stream ended, for metrics: client, expired, lifetime, ...
+        self.sent = 0  # events sent (replayed and live)
         self.sub = sub
         self.expires_at = identity.expires_at
         self.last_id = last_id
@@ -151,7 +152,7 @@ class StreamSession:
         metrics.STREAMS_OPENED.inc()
         metrics.OPEN_STREAMS.inc()
         opened = time.monotonic()
-        self.reason = "client"
+        self._log("stream opened")
         try:
             yield encode(retry=jittered(self.state.settings.retry_ms))
             yield from self._connect()
@@ -170,7 +171,19 @@ class StreamSession:
             self.state.limits.release(self.lease)
             metrics.OPEN_STREAMS.dec()
             metrics.STREAMS_CLOSED.labels(self.sub.closed or self.reason).inc()
-            metrics.STREAM_DURATION.observe(time.monotonic() - opened)
+            duration = time.monotonic() - opened
+            metrics.STREAM_DURATION.observe(duration)
+            self._log(
+                "stream closed",
+                duration=round(duration, 3),
+                events=self.sent,
+                reason=self.sub.closed or self.reason,
+            )
+
+    def _log(self, message: str, **details: Any) -> None:
+        fields = {"user": self.sub.user_id, "channels": sorted(self.sub.channels), **details}
+        text = " ".join(f"{key}={value}" for key, value in fields.items())
+        log.info("%s %s", message, text, extra={"stream": fields})
 
     def _connect(self) -> Iterator[bytes]:
         """The reset (if any), the connect message and the replay of what was missed."""
@@ -211,6 +224,7 @@ class StreamSession:
             head.append(encode(id=at, event="notification", data=serialize(CONNECT_MESSAGE)))
         if frames:
             metrics.EVENTS_REPLAYED.inc(len(frames))
+            self.sent += len(frames)
             head.extend(frame for _, frame in frames)
             self.cursor = max(self.cursor, frames[-1][0])
         if replay_after is not None:
@@ -253,6 +267,7 @@ class StreamSession:
             chunk.extend(frame for _, frame in fresh)
             if fresh:
                 self.cursor = fresh[-1][0]
+                self.sent += len(fresh)
             if time.monotonic() >= next_beat:
                 chunk.append(encode(id=self.cursor, event="heartbeat", data="{}"))
                 next_beat = time.monotonic() + interval
