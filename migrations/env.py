@@ -11,10 +11,12 @@ from alembic import context
 config = context.config
 connection = config.attributes["connection"]
 table = config.attributes.get("table", "notification_events")
+schema = config.attributes.get("schema")
 
 context.configure(
     connection=connection,
     version_table=f"{table}_alembic_version",
+    version_table_schema=schema,
     transactional_ddl=True,
 )
 with context.begin_transaction():

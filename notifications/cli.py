@@ -45,24 +45,18 @@ def publish_command(event: str, data_json: str, user_id: str | None, channel: st
         raise click.ClickException(str(exc)) from None
 
 
-def mint_token(
-    subject: str, subscribe: tuple[str, ...] = (), publish: tuple[str, ...] = (), ttl: float = 3600
-) -> str:
+def mint_token(subject: str, subscribe: tuple[str, ...] = (), publish: tuple[str, ...] = (), ttl: float = 3600) -> str:
     """A signed JWT for ``subject`` with an optional grant (development and tests)."""
     claims: dict[str, Any] = {}
     if subscribe or publish:
         claims["notifications"] = {"subscribe": list(subscribe), "publish": list(publish)}
-    token: str = create_access_token(
-        identity=subject, additional_claims=claims, expires_delta=timedelta(seconds=ttl)
-    )
+    token: str = create_access_token(identity=subject, additional_claims=claims, expires_delta=timedelta(seconds=ttl))
     return token
 
 
 @cli.command("token")
 @click.argument("subject")
-@click.option(
-    "--subscribe", multiple=True, help="A subscribe grant pattern (repeatable): channel, user:ID, prefix*."
-)
+@click.option("--subscribe", multiple=True, help="A subscribe grant pattern (repeatable): channel, user:ID, prefix*.")
 @click.option("--publish", multiple=True, help="A publish grant pattern (repeatable); '*' allows broadcasts.")
 @click.option("--ttl", default="1h", show_default=True, help="Lifetime: seconds or 30s, 15m, 6h, 7d.")
 def token_command(subject: str, subscribe: tuple[str, ...], publish: tuple[str, ...], ttl: str) -> None:
@@ -71,9 +65,7 @@ def token_command(subject: str, subscribe: tuple[str, ...], publish: tuple[str, 
 
 
 @cli.command("prune")
-@click.option(
-    "--older-than", default=None, help="Delete events older than this (default: NOTIFICATIONS_RETENTION)."
-)
+@click.option("--older-than", default=None, help="Delete events older than this (default: NOTIFICATIONS_RETENTION).")
 def prune_command(older_than: str | None) -> None:
     """Delete expired events now; print how many."""
     state = get_state()
@@ -87,7 +79,7 @@ def migrate_command() -> None:
     from .migrate import upgrade
 
     state = get_state()
-    upgrade(state.store.engine, state.settings.table)
+    upgrade(state.store.engine, state.names)
     click.echo("events table is up to date")
 
 

@@ -4,6 +4,7 @@ the environment, validated at ``init_app`` with errors that name the key."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_RETENTION": "7d",
     "NOTIFICATIONS_RETENTION_MAX_EVENTS": None,
     "NOTIFICATIONS_RETRY_MS": 3000,
+    "NOTIFICATIONS_SCHEMA": None,
     "NOTIFICATIONS_TABLE": "notification_events",
     "NOTIFICATIONS_TICKET_TTL": "30s",
 }
@@ -53,6 +55,7 @@ PASSTHROUGH_KEYS = (
     "JWT_SECRET_KEY",
 )
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -96,9 +99,7 @@ def _rate(key: str, value: Any) -> Rate | None:
     try:
         return parse_rate(value)
     except ValueError:
-        raise ConfigError(
-            f"{key}={value!r}: expected N/second, N/minute, N/hour, N/day, or 0 for none"
-        ) from None
+        raise ConfigError(f"{key}={value!r}: expected N/second, N/minute, N/hour, N/day, or 0 for none") from None
 
 
 def _optional(convert: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
@@ -146,6 +147,7 @@ class Settings:
     retention: float
     retention_max_events: int | None
     retry_ms: int
+    schema: str | None
     table: str
     ticket_ttl: float
 
@@ -165,8 +167,10 @@ def read(config: dict[str, Any]) -> Settings:
     except ValueError as exc:
         raise ConfigError(f"NOTIFICATIONS_PUBLIC_CHANNELS: {exc}") from None
     table = str(config["NOTIFICATIONS_TABLE"])
-    if not table.replace("_", "").isalnum():
-        raise ConfigError(f"NOTIFICATIONS_TABLE={table!r}: letters, digits and '_' only")
+    schema = config["NOTIFICATIONS_SCHEMA"] or None
+    for key, name in (("NOTIFICATIONS_TABLE", table), ("NOTIFICATIONS_SCHEMA", schema)):
+        if name is not None and not (_IDENTIFIER.fullmatch(str(name)) and len(str(name)) <= 40):
+            raise ConfigError(f"{key}={name!r}: up to 40 letters, digits and '_', not starting with a digit")
     listen_url = _optional(lambda _k, v: normalize_database_url(str(v)))(
         "NOTIFICATIONS_LISTEN_DATABASE_URL", config["NOTIFICATIONS_LISTEN_DATABASE_URL"]
     )
@@ -199,24 +203,19 @@ def read(config: dict[str, Any]) -> Settings:
         listener_probe_interval=_number(float, 0.1)(
             "NOTIFICATIONS_LISTENER_PROBE_INTERVAL", config["NOTIFICATIONS_LISTENER_PROBE_INTERVAL"]
         ),
-        max_payload_bytes=positive_int(
-            "NOTIFICATIONS_MAX_PAYLOAD_BYTES", config["NOTIFICATIONS_MAX_PAYLOAD_BYTES"]
-        ),
+        max_payload_bytes=positive_int("NOTIFICATIONS_MAX_PAYLOAD_BYTES", config["NOTIFICATIONS_MAX_PAYLOAD_BYTES"]),
         pool_size=positive_int("NOTIFICATIONS_POOL_SIZE", config["NOTIFICATIONS_POOL_SIZE"]),
         prune_interval=_duration("NOTIFICATIONS_PRUNE_INTERVAL", config["NOTIFICATIONS_PRUNE_INTERVAL"]),
         public_channels=public,
         queue_size=positive_int("NOTIFICATIONS_QUEUE_SIZE", config["NOTIFICATIONS_QUEUE_SIZE"]),
-        refusal_retry_ms=positive_int(
-            "NOTIFICATIONS_REFUSAL_RETRY_MS", config["NOTIFICATIONS_REFUSAL_RETRY_MS"]
-        ),
-        replay_concurrency=positive_int(
-            "NOTIFICATIONS_REPLAY_CONCURRENCY", config["NOTIFICATIONS_REPLAY_CONCURRENCY"]
-        ),
+        refusal_retry_ms=positive_int("NOTIFICATIONS_REFUSAL_RETRY_MS", config["NOTIFICATIONS_REFUSAL_RETRY_MS"]),
+        replay_concurrency=positive_int("NOTIFICATIONS_REPLAY_CONCURRENCY", config["NOTIFICATIONS_REPLAY_CONCURRENCY"]),
         retention=_duration("NOTIFICATIONS_RETENTION", config["NOTIFICATIONS_RETENTION"]),
         retention_max_events=_optional(positive_int)(
             "NOTIFICATIONS_RETENTION_MAX_EVENTS", config["NOTIFICATIONS_RETENTION_MAX_EVENTS"]
         ),
         retry_ms=positive_int("NOTIFICATIONS_RETRY_MS", config["NOTIFICATIONS_RETRY_MS"]),
+        schema=None if schema is None else str(schema),
         table=table,
     )
 

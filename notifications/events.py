@@ -37,18 +37,14 @@ class Event:
 def validate_event_name(name: object) -> str:
     """An event name: letters, digits, ``_ - . :``, 1-128 characters."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
-            f"invalid event name {name!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '_', '-', '.', ':'"
-        )
+        raise ValueError(f"invalid event name {name!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '_', '-', '.', ':'")
     return name
 
 
 def validate_channel(name: object) -> str:
     """A channel name: letters, digits, ``_ - . :``, 1-128 characters."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
-            f"invalid channel name {name!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '_', '-', '.', ':'"
-        )
+        raise ValueError(f"invalid channel name {name!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '_', '-', '.', ':'")
     return name
 
 
@@ -122,9 +118,7 @@ def build_notification(
     if not isinstance(message, str) or not message:
         raise ValueError("notification message must be a non-empty string")
     if notification_type not in NOTIFICATION_TYPES:
-        raise ValueError(
-            f"invalid notification_type {notification_type!r}: one of {', '.join(NOTIFICATION_TYPES)}"
-        )
+        raise ValueError(f"invalid notification_type {notification_type!r}: one of {', '.join(NOTIFICATION_TYPES)}")
     if title is not None and not isinstance(title, str):
         raise ValueError("notification title must be a string")
     if duration is None:

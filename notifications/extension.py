@@ -27,6 +27,7 @@ from .events import Event
 from .exceptions import NotificationsError, PublishError
 from .fanout import Hub, Listener
 from .limits import LEASE_SECONDS, Limits
+from .schema import Names
 from .store import EventStore
 
 log = logging.getLogger("notifications")
@@ -48,6 +49,7 @@ class State:
         self.identity_hook = identity_hook
         self.settings = settings
         self.database_url = database_url
+        self.names = Names(settings.table, settings.schema)
         self.hub = Hub()
         self.replay_gate = gevent.lock.BoundedSemaphore(settings.replay_concurrency)
         self._store: EventStore | None = None
@@ -58,7 +60,7 @@ class State:
     @property
     def store(self) -> EventStore:
         if self._store is None:
-            self._store = EventStore(self._make_engine(self.database_url), self.settings.table)
+            self._store = EventStore(self._make_engine(self.database_url), self.names)
         return self._store
 
     def _make_engine(self, url: str, **options: Any) -> Engine:
@@ -73,7 +75,7 @@ class State:
             s = self.settings
             self._limits = Limits(
                 self.store.engine,
-                s.table,
+                self.names,
                 s.max_streams_per_user,
                 s.connect_rate_per_user,
                 s.connect_rate_per_address,
@@ -141,9 +143,7 @@ class State:
         """Prune if no other process is pruning right now; return how many events, or None."""
         s = self.settings
         with self.store.engine.connect() as conn:
-            if not conn.execute(
-                text("SELECT pg_try_advisory_lock(:k)"), {"k": self.store.lock_key + 1}
-            ).scalar():
+            if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.store.lock_key + 1}).scalar():
                 conn.rollback()
                 return None
             conn.commit()
@@ -213,7 +213,7 @@ class Notifications:
         if settings.auto_migrate:
             from .migrate import upgrade
 
-            upgrade(state.store.engine, settings.table)
+            upgrade(state.store.engine, state.names)
 
 
 def _configure_jwt(app: Flask) -> None:
@@ -232,8 +232,7 @@ def get_state(app: Flask | None = None) -> State:
         app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     except RuntimeError:
         raise RuntimeError(
-            "notifications needs an application context: call it inside a request or "
-            "`with app.app_context():`"
+            "notifications needs an application context: call it inside a request or `with app.app_context():`"
         ) from None
     state = app.extensions.get(EXTENSION_KEY)
     if state is None:

@@ -26,6 +26,7 @@ import gevent
 from sqlalchemy import Connection, Engine, text
 
 from .auth import AccessError
+from .schema import Names
 
 LEASE_SECONDS = 30.0
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -57,13 +58,13 @@ class Limits:
     def __init__(
         self,
         engine: Engine,
-        table: str,
+        names: Names,
         max_streams_per_user: int,
         rate_per_user: Rate | None,
         rate_per_address: Rate | None,
     ) -> None:
         self.engine = engine
-        self.table = table
+        self.names = names
         self.max_streams = max_streams_per_user
         self.rate_per_user = rate_per_user
         self.rate_per_address = rate_per_address
@@ -80,7 +81,7 @@ class Limits:
         """Count this connection; return its lease id, or raise ``AccessError`` 429."""
         if not self.enabled:
             return None
-        t = self.table
+        n = self.names
         now = time.time()
         with self.engine.begin() as conn:
             conn.execute(
@@ -96,22 +97,20 @@ class Limits:
                 window = int(now // rate.period) * rate.period  # the window's start, epoch s
                 count = conn.execute(
                     text(
-                        f'INSERT INTO "{t}_rates" (key, "window", count) VALUES (:key, :window, 1) '
-                        f'ON CONFLICT (key, "window") DO UPDATE SET count = "{t}_rates".count + 1 '
+                        f'INSERT INTO {n.sql("_rates")} AS r (key, "window", count) VALUES (:key, :window, 1) '
+                        'ON CONFLICT (key, "window") DO UPDATE SET count = r.count + 1 '
                         "RETURNING count"
                     ),
                     {"key": key, "window": window},
                 ).scalar_one()
                 if count > rate.count:
                     retry_after = max(1, math.ceil(window + rate.period - now))
-                    raise AccessError(
-                        429, "too many connection attempts; try again later", retryAfter=retry_after
-                    )
+                    raise AccessError(429, "too many connection attempts; try again later", retryAfter=retry_after)
             if self.max_streams:
                 self.beat(conn)
                 open_streams = conn.execute(
                     text(
-                        f'SELECT count(*) FROM "{t}_streams" s JOIN "{t}_workers" w ON w.worker = s.worker '
+                        f"SELECT count(*) FROM {n.sql('_streams')} s JOIN {n.sql('_workers')} w ON w.worker = s.worker "
                         "WHERE s.user_id = :user AND w.seen_at > now() - make_interval(secs => :lease)"
                     ),
                     {"user": user_id, "lease": LEASE_SECONDS},
@@ -123,7 +122,7 @@ class Limits:
                         retryAfter=5,
                     )
                 lease: int = conn.execute(
-                    text(f'INSERT INTO "{t}_streams" (user_id, worker) VALUES (:user, :worker) RETURNING id'),
+                    text(f"INSERT INTO {n.sql('_streams')} (user_id, worker) VALUES (:user, :worker) RETURNING id"),
                     {"user": user_id, "worker": self.worker},
                 ).scalar_one()
                 return lease
@@ -143,9 +142,7 @@ class Limits:
             return
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    text(f'DELETE FROM "{self.table}_streams" WHERE id = ANY(:ids)'), {"ids": leases}
-                )
+                conn.execute(text(f"DELETE FROM {self.names.sql('_streams')} WHERE id = ANY(:ids)"), {"ids": leases})
         except Exception:
             self._released.extend(leases)  # the database is away: try again later
             self._flusher = gevent.spawn_later(2.0, self._flush)
@@ -157,7 +154,7 @@ class Limits:
             return
         conn.execute(
             text(
-                f'INSERT INTO "{self.table}_workers" (worker, seen_at) VALUES (:worker, now()) '
+                f"INSERT INTO {self.names.sql('_workers')} (worker, seen_at) VALUES (:worker, now()) "
                 "ON CONFLICT (worker) DO UPDATE SET seen_at = now()"
             ),
             {"worker": self.worker},
@@ -170,30 +167,26 @@ class Limits:
             return
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    text(f'DELETE FROM "{self.table}_streams" WHERE worker = :w'), {"w": self.worker}
-                )
-                conn.execute(
-                    text(f'DELETE FROM "{self.table}_workers" WHERE worker = :w'), {"w": self.worker}
-                )
+                conn.execute(text(f"DELETE FROM {self.names.sql('_streams')} WHERE worker = :w"), {"w": self.worker})
+                conn.execute(text(f"DELETE FROM {self.names.sql('_workers')} WHERE worker = :w"), {"w": self.worker})
         except Exception:
             pass  # the lease lapses by itself
 
     def clean_up(self, conn: Connection) -> None:
         """Delete the streams of workers whose lease lapsed, and rate windows long past."""
-        t = self.table
+        n = self.names
         conn.execute(
             text(
-                f'DELETE FROM "{t}_streams" s WHERE NOT EXISTS (SELECT 1 FROM "{t}_workers" w '
+                f"DELETE FROM {n.sql('_streams')} s WHERE NOT EXISTS (SELECT 1 FROM {n.sql('_workers')} w "
                 "WHERE w.worker = s.worker AND w.seen_at > now() - make_interval(secs => :lease))"
             ),
             {"lease": LEASE_SECONDS * 4},
         )
         conn.execute(
-            text(f'DELETE FROM "{t}_workers" WHERE seen_at < now() - make_interval(secs => :lease)'),
+            text(f"DELETE FROM {n.sql('_workers')} WHERE seen_at < now() - make_interval(secs => :lease)"),
             {"lease": LEASE_SECONDS * 4},
         )
         conn.execute(
-            text(f'DELETE FROM "{t}_rates" WHERE "window" < :oldest'),
+            text(f'DELETE FROM {n.sql("_rates")} WHERE "window" < :oldest'),
             {"oldest": int(time.time()) - 2 * 86400},
         )

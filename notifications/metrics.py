@@ -33,12 +33,8 @@ REFUSALS = Counter("notifications_errors_total", "Error events sent to clients, 
 EVENTS_PUBLISHED = Counter("notifications_events_published_total", "Events stored by this process.")
 EVENTS_DELIVERED = Counter("notifications_events_delivered_total", "Events queued to open streams.")
 EVENTS_REPLAYED = Counter("notifications_events_replayed_total", "Events sent as replay after a reconnect.")
-SLOW_CONSUMERS = Counter(
-    "notifications_slow_consumers_total", "Streams closed because their queue overflowed."
-)
-LISTENER_RECONNECTS = Counter(
-    "notifications_listener_reconnects_total", "Times a listener lost its connection."
-)
+SLOW_CONSUMERS = Counter("notifications_slow_consumers_total", "Streams closed because their queue overflowed.")
+LISTENER_RECONNECTS = Counter("notifications_listener_reconnects_total", "Times a listener lost its connection.")
 DELIVERY_LATENCY = Histogram(
     "notifications_delivery_latency_seconds",
     "From an event's commit (its created_at) to its dispatch by a worker.",

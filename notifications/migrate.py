@@ -8,6 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from .schema import Names
+
 
 def migrations_dir() -> Path:
     """The folder of the migrations: inside the package when installed, beside it in a checkout."""
@@ -18,17 +20,21 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("the notifications migrations folder is missing from this install")
 
 
-def upgrade(engine: Engine, table: str = "notification_events", revision: str = "head") -> None:
-    """Bring the events table up to ``revision``."""
+def upgrade(engine: Engine, names: Names | None = None, revision: str = "head") -> None:
+    """Bring the tables up to ``revision`` (creating the schema if it is missing)."""
+    names = names or Names()
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
-    config.attributes["table"] = table
+    config.attributes["table"] = names.table
+    config.attributes["schema"] = names.schema
     with engine.begin() as conn:
         conn.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(f"migrate:{table}".encode())}
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(f"migrate:{names.channel}".encode())}
         )
+        if names.schema:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{names.schema}"'))
         config.attributes["connection"] = conn
         command.upgrade(config, revision)

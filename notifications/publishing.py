@@ -30,9 +30,7 @@ __all__ = ["PublishError", "broadcast_update", "notify", "publish", "publish_man
 def _event(name: object, data: Any, user_id: object, channel: object) -> Event:
     if name in RESERVED_EVENTS:
         raise ValueError(f"event name {name!r} is reserved for the stream itself")
-    return make_event(
-        name, data, user_id=user_id, channel=channel, max_bytes=get_state().settings.max_payload_bytes
-    )
+    return make_event(name, data, user_id=user_id, channel=channel, max_bytes=get_state().settings.max_payload_bytes)
 
 
 def _append(events: list[Event], session: Any, connection: Connection | None) -> list[str]:
@@ -109,9 +107,7 @@ def publish_many(
         if not isinstance(item, dict):
             raise ValueError(f"item {index}: expected a dict with 'event' and 'data'")
         try:
-            built.append(
-                _event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel"))
-            )
+            built.append(_event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel")))
         except ValueError as exc:
             raise ValueError(f"item {index}: {exc}") from None
     if not built:

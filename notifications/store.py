@@ -17,17 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    DateTime,
     Engine,
-    Identity,
-    Index,
-    MetaData,
-    String,
-    Table,
-    Text,
     and_,
     bindparam,
     delete,
@@ -37,34 +28,11 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 from .events import Event
+from .schema import Names, define_tables
 
 BATCH = 500
-
-
-def build_tables(name: str = "notification_events", metadata: MetaData | None = None) -> tuple[Table, Table]:
-    """The events table and its one-row-per-key state table (``pruned_through``)."""
-    metadata = metadata if metadata is not None else MetaData()
-    events = Table(
-        name,
-        metadata,
-        Column("id", BigInteger, Identity(always=False), primary_key=True),
-        Column("event", String(128), nullable=False),
-        Column("data", JSONB, nullable=False),
-        Column("user_id", Text, nullable=True),
-        Column("channel", String(128), nullable=True),
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Index(f"ix_{name}_created_at", "created_at"),
-    )
-    state = Table(
-        f"{name}_state",
-        metadata,
-        Column("key", String(64), primary_key=True),
-        Column("value", BigInteger, nullable=False),
-    )
-    return events, state
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +54,15 @@ def _compact(value: Any) -> str:
 class EventStore:
     """Reads and writes the events table through one SQLAlchemy engine."""
 
-    def __init__(self, engine: Engine, table: str = "notification_events") -> None:
+    def __init__(self, engine: Engine, names: Names | None = None) -> None:
         self.engine = engine
-        self.events, self.state = build_tables(table)
-        self.channel = table  # the NOTIFY channel
-        self.lock_key = zlib.crc32(f"notifications:{table}".encode())
+        self.names = names = names or Names()
+        tables = define_tables(names=names)
+        self.events, self.state = tables.events, tables.state
+        self.channel = names.channel  # the NOTIFY channel
+        self.lock_key = zlib.crc32(f"notifications:{names.channel}".encode())
         self._insert = text(
-            f'INSERT INTO "{table}" (event, data, user_id, channel) '
+            f"INSERT INTO {names.sql()} (event, data, user_id, channel) "
             "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
             "CAST(:names AS text[]), CAST(:datas AS text[]), "
             "CAST(:users AS text[]), CAST(:channels AS text[])"
@@ -144,9 +114,7 @@ class EventStore:
     def read_since(self, conn: Connection, after: int, limit: int = BATCH) -> list[StoredEvent]:
         """Every event with ``id > after``, in id order, at most ``limit``."""
         rows = conn.execute(self._since, {"after": after, "limit": limit})
-        return [
-            StoredEvent(r.id, r.event, _compact(r.data), r.user_id, r.channel, float(r.created)) for r in rows
-        ]
+        return [StoredEvent(r.id, r.event, _compact(r.data), r.user_id, r.channel, float(r.created)) for r in rows]
 
     def replay(self, after: int, upto: int, user_id: str, channels: Sequence[str]) -> Iterator[StoredEvent]:
         """The events in ``(after, upto]`` that a stream of ``user_id`` + ``channels`` may see."""
@@ -206,9 +174,7 @@ class EventStore:
             with self.engine.begin() as conn:
                 bound = None
                 if max_events is not None:
-                    bound = conn.execute(
-                        select(c.id).order_by(c.id.desc()).offset(max_events).limit(1)
-                    ).scalar()
+                    bound = conn.execute(select(c.id).order_by(c.id.desc()).offset(max_events).limit(1)).scalar()
                 conditions = []
                 if older_than is not None:
                     conditions.append(c.created_at < func.now() - timedelta(seconds=older_than))
@@ -217,16 +183,10 @@ class EventStore:
                 if not conditions:
                     return deleted
                 victims = (
-                    select(c.id)
-                    .where(or_(*conditions))
-                    .order_by(c.id)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
+                    select(c.id).where(or_(*conditions)).order_by(c.id).limit(batch).with_for_update(skip_locked=True)
                 )
                 ids = (
-                    conn.execute(
-                        delete(self.events).where(c.id.in_(victims.scalar_subquery())).returning(c.id)
-                    )
+                    conn.execute(delete(self.events).where(c.id.in_(victims.scalar_subquery())).returning(c.id))
                     .scalars()
                     .all()
                 )
@@ -235,9 +195,8 @@ class EventStore:
                 top = max(ids)
                 conn.execute(
                     text(
-                        f"INSERT INTO \"{self.state.name}\" (key, value) VALUES ('pruned_through', :v) "
-                        "ON CONFLICT (key) DO UPDATE SET value = GREATEST(EXCLUDED.value, "
-                        f'"{self.state.name}".value)'
+                        f"INSERT INTO {self.names.sql('_state')} AS s (key, value) VALUES ('pruned_through', :v) "
+                        "ON CONFLICT (key) DO UPDATE SET value = GREATEST(EXCLUDED.value, s.value)"
                     ),
                     {"v": top},
                 )

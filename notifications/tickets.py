@@ -14,20 +14,21 @@ import secrets
 from sqlalchemy import Engine, text
 
 from .auth import AccessError, Identity
+from .schema import Names
 
 
 def _digest(ticket: str) -> str:
     return hashlib.sha256(ticket.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def issue(engine: Engine, table: str, identity: Identity, ttl: float) -> str:
+def issue(engine: Engine, names: Names, identity: Identity, ttl: float) -> str:
     """Store a new ticket for ``identity``, valid ``ttl`` seconds (never past the token's exp)."""
     ticket = secrets.token_urlsafe(32)
     grants = {"subscribe": list(identity.subscribe), "publish": list(identity.publish)}
     with engine.begin() as conn:
         conn.execute(
             text(
-                f'INSERT INTO "{table}_tickets" (digest, subject, grants, token_expires_at, expires_at) '
+                f"INSERT INTO {names.sql('_tickets')} (digest, subject, grants, token_expires_at, expires_at) "
                 "VALUES (:digest, :subject, CAST(:grants AS jsonb), :token_exp, "
                 "now() + make_interval(secs => :ttl))"
             ),
@@ -39,18 +40,18 @@ def issue(engine: Engine, table: str, identity: Identity, ttl: float) -> str:
                 "ttl": ttl,
             },
         )
-        conn.execute(text(f'DELETE FROM "{table}_tickets" WHERE expires_at < now()'))
+        conn.execute(text(f"DELETE FROM {names.sql('_tickets')} WHERE expires_at < now()"))
     return ticket
 
 
-def redeem(engine: Engine, table: str, ticket: str) -> Identity:
+def redeem(engine: Engine, names: Names, ticket: str) -> Identity:
     """The identity behind ``ticket``, which is used up; ``AccessError`` 401 if not valid."""
     if not ticket or len(ticket) > 128:
         raise AccessError(401, "invalid ticket")
     with engine.begin() as conn:
         row = conn.execute(
             text(
-                f'DELETE FROM "{table}_tickets" WHERE digest = :digest '
+                f"DELETE FROM {names.sql('_tickets')} WHERE digest = :digest "
                 "RETURNING subject, grants, token_expires_at, expires_at > now() AS fresh"
             ),
             {"digest": _digest(ticket)},

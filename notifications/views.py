@@ -89,11 +89,7 @@ def stream() -> Response:
     state = get_state()
     try:
         ticket = request.args.get("ticket")
-        identity = (
-            redeem(state.store.engine, state.settings.table, ticket)
-            if ticket is not None
-            else state.identify()
-        )
+        identity = redeem(state.store.engine, state.names, ticket) if ticket is not None else state.identify()
         try:
             channels = parse_channels(request.args.get("channels"))
             user_param = request.args.get("userId")
@@ -311,7 +307,7 @@ def ticket() -> tuple[Response, int]:
     if identity.expires_at is not None:
         ttl = max(0.0, min(ttl, identity.expires_at - time.time()))
     try:
-        value = issue(state.store.engine, state.settings.table, identity, ttl)
+        value = issue(state.store.engine, state.names, identity, ttl)
     except SQLAlchemyError:
         return jsonify({"error": "tickets are unavailable: the database is unreachable", "code": 503}), 503
     return jsonify({"ticket": value, "expiresIn": int(ttl)}), 201
@@ -326,9 +322,7 @@ def publish_http() -> tuple[Response, int]:
         return jsonify(exc.as_data()), exc.code
     body: Any = request.get_json(silent=True)
     if body is None:
-        return jsonify(
-            {"error": "the body must be JSON: an event object or an array of them", "code": 400}
-        ), 400
+        return jsonify({"error": "the body must be JSON: an event object or an array of them", "code": 400}), 400
     items = body if isinstance(body, list) else [body]
     if not items:
         return jsonify({"error": "the array of events is empty", "code": 422}), 422

@@ -21,8 +21,13 @@ def _table() -> str:
     return str(context.config.attributes.get("table", "notification_events"))
 
 
+def _schema() -> str | None:
+    value = context.config.attributes.get("schema")
+    return None if value is None else str(value)
+
+
 def upgrade() -> None:
-    name = _table()
+    name, schema = _table(), _schema()
     op.create_table(
         name,
         sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
@@ -31,17 +36,19 @@ def upgrade() -> None:
         sa.Column("user_id", sa.Text, nullable=True),
         sa.Column("channel", sa.String(128), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        schema=schema,
     )
-    op.create_index(f"ix_{name}_created_at", name, ["created_at"])
+    op.create_index(f"ix_{name}_created_at", name, ["created_at"], schema=schema)
     op.create_table(
         f"{name}_state",
         sa.Column("key", sa.String(64), primary_key=True),
         sa.Column("value", sa.BigInteger, nullable=False),
+        schema=schema,
     )
 
 
 def downgrade() -> None:
-    name = _table()
-    op.drop_table(f"{name}_state")
-    op.drop_index(f"ix_{name}_created_at", table_name=name)
-    op.drop_table(name)
+    name, schema = _table(), _schema()
+    op.drop_table(f"{name}_state", schema=schema)
+    op.drop_index(f"ix_{name}_created_at", table_name=name, schema=schema)
+    op.drop_table(name, schema=schema)

@@ -1,0 +1,123 @@
+"""The tables, in one place: for the store, for raw SQL, and for a host app's Alembic.
+
+A host app that manages its own migrations adds them to its metadata and lets autogenerate
+write them::
+
+    from notifications.schema import define_tables
+    define_tables(db.metadata)                  # or define_tables(metadata, Names("events", "app"))
+
+Otherwise the extension's own migrations create them (``flask notifications migrate``, or at
+start-up), tracked in their own version table ``<table>_alembic_version``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+@dataclass(frozen=True)
+class Names:
+    """Where the tables live: ``table`` (the events table; the others share it as a prefix)
+    in ``schema`` (None: the search path)."""
+
+    table: str = "notification_events"
+    schema: str | None = None
+
+    def sql(self, suffix: str = "") -> str:
+        """The quoted, schema-qualified name of ``table + suffix`` for raw SQL."""
+        name = f'"{self.table}{suffix}"'
+        return f'"{self.schema}".{name}' if self.schema else name
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel of this events table."""
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+
+@dataclass(frozen=True)
+class Tables:
+    events: Table
+    state: Table
+    tickets: Table
+    workers: Table
+    streams: Table
+    rates: Table
+
+
+def define_tables(metadata: MetaData | None = None, names: Names | None = None) -> Tables:
+    """Declare every table of the extension on ``metadata``."""
+    metadata = metadata if metadata is not None else MetaData()
+    n = names or Names()
+    t, schema = n.table, n.schema
+    return Tables(
+        events=Table(
+            t,
+            metadata,
+            Column("id", BigInteger, Identity(always=False), primary_key=True),
+            Column("event", String(128), nullable=False),
+            Column("data", JSONB, nullable=False),
+            Column("user_id", Text, nullable=True),
+            Column("channel", String(128), nullable=True),
+            Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            Index(f"ix_{t}_created_at", "created_at"),
+            schema=schema,
+        ),
+        state=Table(
+            f"{t}_state",
+            metadata,
+            Column("key", String(64), primary_key=True),
+            Column("value", BigInteger, nullable=False),
+            schema=schema,
+        ),
+        tickets=Table(
+            f"{t}_tickets",
+            metadata,
+            Column("digest", String(64), primary_key=True),
+            Column("subject", Text, nullable=False),
+            Column("grants", JSONB, nullable=False),
+            Column("token_expires_at", Float, nullable=True),
+            Column("expires_at", DateTime(timezone=True), nullable=False),
+            schema=schema,
+        ),
+        workers=Table(
+            f"{t}_workers",
+            metadata,
+            Column("worker", String(128), primary_key=True),
+            Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            schema=schema,
+        ),
+        streams=Table(
+            f"{t}_streams",
+            metadata,
+            Column("id", BigInteger, Identity(always=False), primary_key=True),
+            Column("user_id", Text, nullable=False),
+            Column("worker", String(128), nullable=False),
+            Column("opened_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            Index(f"ix_{t}_streams_user_id", "user_id"),
+            schema=schema,
+        ),
+        rates=Table(
+            f"{t}_rates",
+            metadata,
+            Column("key", Text, primary_key=True),
+            Column("window", BigInteger, primary_key=True),
+            Column("count", Integer, nullable=False),
+            schema=schema,
+        ),
+    )
