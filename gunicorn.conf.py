@@ -50,9 +50,7 @@ def on_starting(server: Any) -> None:
 
         _embedded = EmbeddedPostgres(os.path.join(instance, "pgdata"))
         os.environ["DATABASE_URL"] = _embedded.start()
-        server.log.info(
-            "embedded PostgreSQL at %s (data in %s)", os.environ["DATABASE_URL"], _embedded.data_dir
-        )
+        server.log.info("embedded PostgreSQL at %s (data in %s)", os.environ["DATABASE_URL"], _embedded.data_dir)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -100,7 +98,9 @@ def _announce_demo_token(worker: Any, app: Any) -> None:
         app.instance_path,
     )
     worker.log.info("demo page: http://%s:%s/", host, port)
-    worker.log.info("try: curl -N 'http://%s:%s/api/notifications/stream?token=%s'", host, port, token)
+    worker.log.error_log.info(
+        "try: curl -N 'http://%s:%s/api/notifications/stream?token=%s'", host, port, token, extra={"unredacted": True}
+    )
 
 
 def child_exit(server: Any, worker: Any) -> None:

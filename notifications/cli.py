@@ -85,5 +85,8 @@ def migrate_command() -> None:
 
 @cli.command("stats")
 def stats_command() -> None:
-    """Print JSON: events stored, oldest and newest id."""
-    click.echo(json.dumps(get_state().store.stats()))
+    """Print JSON: events stored, oldest and newest id, open streams (when the per-user cap is on)."""
+    state = get_state()
+    stats = state.store.stats()
+    stats["open_streams"] = state.limits.open_streams()
+    click.echo(json.dumps(stats))

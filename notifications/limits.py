@@ -161,6 +161,21 @@ class Limits:
         )
         self._last_beat = now
 
+    def open_streams(self) -> int | None:
+        """Open streams across every live worker and machine (known only when the cap is on)."""
+        if not self.max_streams:
+            return None
+        n = self.names
+        with self.engine.connect() as conn:
+            count: int = conn.execute(
+                text(
+                    f"SELECT count(*) FROM {n.sql('_streams')} s JOIN {n.sql('_workers')} w ON w.worker = s.worker "
+                    "WHERE w.seen_at > now() - make_interval(secs => :lease)"
+                ),
+                {"lease": LEASE_SECONDS},
+            ).scalar_one()
+        return count
+
     def close_worker(self) -> None:
         """This worker is exiting: its streams no longer count."""
         if not self.max_streams:
