@@ -56,6 +56,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _previous_port(port_file: Path) -> int | None:
+    """The port this cluster used before, if it is still free."""
+    try:
+        port = int(port_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as PostgreSQL binds it
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
+
+
 def _run_as() -> str | None:
     """The system user to run PostgreSQL as, or None to run as ourselves."""
     if os.geteuid() != 0:
@@ -153,8 +168,8 @@ class EmbeddedPostgres:
             self._init()
         if self.is_running():
             return self.url()
-        port = _free_port()
         port_file = self.data_dir / "port"
+        port = _previous_port(port_file) or _free_port()  # a restart keeps its URL
         port_file.write_text(f"{port}\n")
         options = (
             f"-p {port} -k {self.data_dir} -c listen_addresses=127.0.0.1 "

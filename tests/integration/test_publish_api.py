@@ -1,0 +1,108 @@
+"""The Python publish API: return values, and invalid input raises ValueError and stores nothing."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+
+from tests.support.checks import delivered_ids
+
+
+def test_public_names(publisher):
+    import notifications
+    from notifications import NotificationsError, PublishError, broadcast_update, notify, publish
+
+    for fn in (notify, broadcast_update, publish):
+        assert callable(fn) and not isinstance(fn, types.ModuleType), f"{fn!r} is not the function"
+    assert issubclass(PublishError, NotificationsError)
+    assert issubclass(NotificationsError, Exception)
+    # again, now that the app (and every submodule) has been imported
+    for name in ("notify", "broadcast_update", "publish"):
+        assert not isinstance(getattr(notifications, name), types.ModuleType), (
+            f"notifications.{name} is the submodule, not the function"
+        )
+
+
+def test_returns_increasing_decimal_string_ids(publisher):
+    raw = [
+        publisher.call("notify", "a"),
+        publisher.call("broadcast_update", "x", "created", {}),
+        publisher.call("publish", "e", 1),
+    ]
+    assert all(isinstance(r, str) and r.isdigit() and int(r) > 0 for r in raw), raw
+    assert [int(r) for r in raw] == sorted(int(r) for r in raw) and len(set(raw)) == 3
+
+
+class Unserialisable:
+    pass
+
+
+INVALID = [
+    ("notify", ("x",), {"notification_type": "fatal"}),
+    ("notify", ("nul \x00 in message",), {}),
+    ("notify", ("x",), {"title": "nul\x00title"}),
+    ("broadcast_update", ("order", "exploded", {}), {}),
+    ("broadcast_update", ("order", "created", {"k": "a\x00b"}), {}),
+    ("publish", ("bad event!", {}), {}),
+    ("publish", ("", {}), {}),
+    ("publish", ("line\nbreak", {}), {}),
+    ("publish", ("ok", {}), {"channel": "bad channel"}),
+    ("publish", ("ok", {}), {"channel": "c" * 129}),
+    ("publish", ("ok", Unserialisable()), {}),
+    ("publish", ("ok", {"s": {1, 2}}), {}),
+    ("publish", ("ok", math.nan), {}),
+    ("publish", ("ok", {"v": math.inf}), {}),
+    ("publish", ("ok", {"a": "x\x00y"}), {}),
+    ("publish", ("ok", {"a\x00": 1}), {}),
+    ("publish", ("ok", ["deep", {"deeper": ["\x00"]}]), {}),
+    ("publish", ("ok", "x" * 70000), {}),
+    ("notify", ("x" * 70000,), {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "kwargs"),
+    INVALID,
+    ids=[
+        "notify-bad-type",
+        "notify-nul-message",
+        "notify-nul-title",
+        "update-bad-action",
+        "update-nul-payload",
+        "publish-bad-name",
+        "publish-empty-name",
+        "publish-newline-name",
+        "publish-bad-channel",
+        "publish-long-channel",
+        "publish-object",
+        "publish-set",
+        "publish-nan",
+        "publish-inf",
+        "publish-nul-value",
+        "publish-nul-key",
+        "publish-nested-nul",
+        "publish-too-big",
+        "notify-too-big",
+    ],
+)
+def test_invalid_input_raises_value_error_and_stores_nothing(
+    open_stream, token, user, publisher, fn, args, kwargs
+):
+    before = publisher.publish("before", {}, user_id=user)
+    with pytest.raises(ValueError):
+        publisher.call(fn, *args, **{"user_id": user, **kwargs})
+    after = publisher.publish("after", {}, user_id=user)
+    # replay everything after `before` that this user may see: only `after`
+    c = open_stream(token(user), headers={"Last-Event-ID": str(before)})
+    c.wait_for_id(after)
+    assert delivered_ids(c, after=before) == [after]
+
+
+def test_payload_just_under_the_limit_is_accepted_and_delivered(open_stream, token, user, publisher):
+    c = open_stream(token(user))
+    c.wait_connected()
+    data = "y" * 60000
+    event_id = publisher.publish("near-limit", data, user_id=user)
+    assert c.wait_for_id(event_id).json() == data

@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers: a real SSE client, a gunicorn runner, PostgreSQL, tokens."""
