@@ -43,8 +43,9 @@ def on_starting(server: Any) -> None:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         import tempfile
 
-        _metrics_dir = tempfile.TemporaryDirectory(prefix="notifications-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir.name
+        # mkdtemp, not TemporaryDirectory: its finaliser would run in every forked worker too.
+        _metrics_dir = tempfile.mkdtemp(prefix="notifications-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
     if not os.environ.get("DATABASE_URL"):
         from notifications.embedded import EmbeddedPostgres
 
@@ -115,4 +116,6 @@ def on_exit(server: Any) -> None:
     if _embedded is not None and _embedded.started_here:
         _embedded.stop()
     if _metrics_dir is not None:
-        _metrics_dir.cleanup()
+        import shutil
+
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
