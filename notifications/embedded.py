@@ -28,13 +28,14 @@ class EmbeddedPostgresError(NotificationsError):
     """The embedded PostgreSQL could not be found, created or started."""
 
 
-def find_binaries() -> Path:
-    """Return the folder holding ``pg_ctl`` and ``initdb``."""
-    on_path = shutil.which("pg_ctl")
-    if on_path and shutil.which("initdb"):
+def find_binaries(search_path: str | None = None, debian_root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """Return the folder holding ``pg_ctl`` and ``initdb``: on ``PATH``, else the newest Debian
+    install, else the ``pgserver`` wheel's (so a machine with no PostgreSQL works too)."""
+    on_path = shutil.which("pg_ctl", path=search_path)
+    if on_path and shutil.which("initdb", path=search_path):
         return Path(on_path).parent
     debian = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        debian_root.glob("*/bin/pg_ctl"),
         key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
     )
     if debian:
@@ -93,9 +94,9 @@ def _reachable_by(user: str, folder: Path) -> bool:
 class EmbeddedPostgres:
     """A PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1 and a socket in the folder."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], bin_dir: Path | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.bin_dir = find_binaries()
+        self.bin_dir = bin_dir or find_binaries()
         self.user = _run_as()
         self.started_here = False
         if self.user is not None and not _reachable_by(self.user, self.data_dir.parent):
