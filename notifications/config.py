@@ -8,10 +8,11 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from .events import parse_channels, parse_duration
-from .limits import Rate, parse_rate
+from .limits import Rate, parse_networks, parse_rate
 
 # Every key with its default, alphabetised. Values may be given as strings (environment).
 DEFAULTS: dict[str, Any] = {
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_PRUNE_INTERVAL": "60s",
     "NOTIFICATIONS_PUBLIC_CHANNELS": "",
     "NOTIFICATIONS_QUEUE_SIZE": 1000,
+    "NOTIFICATIONS_RATE_LIMIT_EXEMPT": "127.0.0.0/8,::1",
     "NOTIFICATIONS_REFUSAL_RETRY_MS": 30000,
     "NOTIFICATIONS_REPLAY_CONCURRENCY": 8,
     "NOTIFICATIONS_RETENTION": "7d",
@@ -95,6 +97,13 @@ def _duration(key: str, value: Any) -> float:
         raise ConfigError(f"{key}={value!r}: expected seconds or 30s, 15m, 6h, 7d") from None
 
 
+def _networks(key: str, value: Any) -> tuple[IPv4Network | IPv6Network, ...]:
+    try:
+        return parse_networks(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: expected comma-separated addresses or networks") from None
+
+
 def _rate(key: str, value: Any) -> Rate | None:
     try:
         return parse_rate(value)
@@ -142,6 +151,7 @@ class Settings:
     prune_interval: float
     public_channels: frozenset[str]
     queue_size: int
+    rate_limit_exempt: tuple[IPv4Network | IPv6Network, ...]
     refusal_retry_ms: int
     replay_concurrency: int
     retention: float
@@ -207,6 +217,7 @@ def read(config: dict[str, Any]) -> Settings:
         pool_size=positive_int("NOTIFICATIONS_POOL_SIZE", config["NOTIFICATIONS_POOL_SIZE"]),
         prune_interval=_duration("NOTIFICATIONS_PRUNE_INTERVAL", config["NOTIFICATIONS_PRUNE_INTERVAL"]),
         public_channels=public,
+        rate_limit_exempt=_networks("NOTIFICATIONS_RATE_LIMIT_EXEMPT", config["NOTIFICATIONS_RATE_LIMIT_EXEMPT"]),
         queue_size=positive_int("NOTIFICATIONS_QUEUE_SIZE", config["NOTIFICATIONS_QUEUE_SIZE"]),
         refusal_retry_ms=positive_int("NOTIFICATIONS_REFUSAL_RETRY_MS", config["NOTIFICATIONS_REFUSAL_RETRY_MS"]),
         replay_concurrency=positive_int("NOTIFICATIONS_REPLAY_CONCURRENCY", config["NOTIFICATIONS_REPLAY_CONCURRENCY"]),

@@ -79,6 +79,7 @@ class State:
                 s.max_streams_per_user,
                 s.connect_rate_per_user,
                 s.connect_rate_per_address,
+                s.rate_limit_exempt,
             )
         return self._limits
 

@@ -20,7 +20,9 @@ import socket
 import time
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 import gevent
 from sqlalchemy import Connection, Engine, text
@@ -39,6 +41,15 @@ class Rate:
 
     count: int
     period: int
+
+
+def parse_networks(value: object) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Comma-separated addresses or networks (``127.0.0.0/8,::1``)."""
+    parts = [p.strip() for p in str(value or "").split(",") if p.strip()]
+    try:
+        return tuple(ip_network(p, strict=False) for p in parts)
+    except ValueError as exc:
+        raise ValueError(f"invalid network list {value!r}: {exc}") from None
 
 
 def parse_rate(value: object) -> Rate | None:
@@ -62,12 +73,14 @@ class Limits:
         max_streams_per_user: int,
         rate_per_user: Rate | None,
         rate_per_address: Rate | None,
+        exempt_networks: Sequence[IPv4Network | IPv6Network] = (),
     ) -> None:
         self.engine = engine
         self.names = names
         self.max_streams = max_streams_per_user
         self.rate_per_user = rate_per_user
         self.rate_per_address = rate_per_address
+        self.exempt_networks = tuple(exempt_networks)
         self.worker = f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._released: list[int] = []
         self._flusher: gevent.Greenlet | None = None
@@ -92,7 +105,7 @@ class Limits:
                 (f"user:{user_id}", self.rate_per_user),
                 (f"addr:{address}", self.rate_per_address),
             ):
-                if rate is None or (key.startswith("addr:") and not address):
+                if rate is None or (key.startswith("addr:") and not self.counts_address(address)):
                     continue
                 window = int(now // rate.period) * rate.period  # the window's start, epoch s
                 count = conn.execute(
@@ -127,6 +140,17 @@ class Limits:
                 ).scalar_one()
                 return lease
         return None
+
+    def counts_address(self, address: str | None) -> bool:
+        """Whether connections from ``address`` count toward the per-address rate: not when it
+        is unknown or in an exempt network (a local proxy makes every client look like it)."""
+        if not address:
+            return False
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return True
+        return not any(ip in network for network in self.exempt_networks)
 
     def release(self, lease: int | None) -> None:
         """Forget a closed stream (batched: written within half a second)."""
