@@ -35,7 +35,7 @@ def database_url(instance_path: str) -> str:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(config or {})
-    for key in ("JWT_SECRET_KEY", "NOTIFICATIONS_ENV", "NOTIFICATIONS_DEV_MODE"):
+    for key in ("JWT_SECRET_KEY", "JWT_PUBLIC_KEY", "JWT_PRIVATE_KEY", "NOTIFICATIONS_ENV", "NOTIFICATIONS_DEV_MODE"):
         if key not in app.config and key in os.environ:
             app.config[key] = os.environ[key]
     if not app.config.get("DATABASE_URL"):
@@ -50,12 +50,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 "key that signs your tokens"
             )
         app.config["JWT_SECRET_KEY"] = development_key(app.instance_path)
-    dev_mode = dev_key or str(app.config.get("NOTIFICATIONS_DEV_MODE", "")).lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-    )
+        app.config["NOTIFICATIONS_GENERATED_KEY"] = True  # gunicorn.conf.py prints a demo token
+    # The demo page and /dev/token need a key that signs: not there with only a public key.
+    can_sign = bool(app.config.get("JWT_SECRET_KEY") or app.config.get("JWT_PRIVATE_KEY"))
+    asked = str(app.config.get("NOTIFICATIONS_DEV_MODE", "")).lower() in ("1", "true", "yes", "on")
+    dev_mode = can_sign and (dev_key or asked)
 
     Notifications(app)
     app.register_blueprint(ops)

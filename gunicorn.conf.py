@@ -16,6 +16,7 @@ import gevent
 # -- Server socket ---------------------------------------------------------------------------
 bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
 backlog = 2048
+limit_request_line = 8190  # room for 50 channels of 128 characters and a token in the URL
 
 # -- Workers: gevent, many connections each --------------------------------------------------
 worker_class = "gevent"
@@ -71,7 +72,7 @@ def post_worker_init(worker: Any) -> None:
     if state is None:
         return
     state.listener.start()
-    if worker.age == 1 and not os.environ.get("JWT_SECRET_KEY"):
+    if worker.age == 1 and state.app.config.get("NOTIFICATIONS_GENERATED_KEY"):
         _announce_demo_token(worker, state.app)
 
     def watch() -> None:

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_HTTP_ERRORS": False,
     "NOTIFICATIONS_LISTEN_DATABASE_URL": None,
     "NOTIFICATIONS_LISTENER_PROBE_INTERVAL": 5.0,
+    "NOTIFICATIONS_MAX_BODY_BYTES": 4194304,
     "NOTIFICATIONS_MAX_PAYLOAD_BYTES": 65536,
     "NOTIFICATIONS_MAX_STREAM_LIFETIME": "1h",
     "NOTIFICATIONS_MAX_STREAMS_PER_USER": 10,
@@ -42,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_RETENTION_MAX_EVENTS": None,
     "NOTIFICATIONS_RETRY_MS": 3000,
     "NOTIFICATIONS_SCHEMA": None,
+    "NOTIFICATIONS_STREAM_LEASE": "30s",
     "NOTIFICATIONS_TABLE": "notification_events",
     "NOTIFICATIONS_TICKET_TTL": "30s",
 }
@@ -144,6 +146,7 @@ class Settings:
     http_errors: bool
     listen_database_url: str | None
     listener_probe_interval: float
+    max_body_bytes: int
     max_payload_bytes: int
     max_stream_lifetime: float
     max_streams_per_user: int
@@ -158,6 +161,7 @@ class Settings:
     retention_max_events: int | None
     retry_ms: int
     schema: str | None
+    stream_lease: float
     table: str
     ticket_ttl: float
 
@@ -213,6 +217,7 @@ def read(config: dict[str, Any]) -> Settings:
         listener_probe_interval=_number(float, 0.1)(
             "NOTIFICATIONS_LISTENER_PROBE_INTERVAL", config["NOTIFICATIONS_LISTENER_PROBE_INTERVAL"]
         ),
+        max_body_bytes=positive_int("NOTIFICATIONS_MAX_BODY_BYTES", config["NOTIFICATIONS_MAX_BODY_BYTES"]),
         max_payload_bytes=positive_int("NOTIFICATIONS_MAX_PAYLOAD_BYTES", config["NOTIFICATIONS_MAX_PAYLOAD_BYTES"]),
         pool_size=positive_int("NOTIFICATIONS_POOL_SIZE", config["NOTIFICATIONS_POOL_SIZE"]),
         prune_interval=_duration("NOTIFICATIONS_PRUNE_INTERVAL", config["NOTIFICATIONS_PRUNE_INTERVAL"]),
@@ -227,6 +232,9 @@ def read(config: dict[str, Any]) -> Settings:
         ),
         retry_ms=positive_int("NOTIFICATIONS_RETRY_MS", config["NOTIFICATIONS_RETRY_MS"]),
         schema=None if schema is None else str(schema),
+        stream_lease=_number(float, 1)(
+            "NOTIFICATIONS_STREAM_LEASE", _duration("NOTIFICATIONS_STREAM_LEASE", config["NOTIFICATIONS_STREAM_LEASE"])
+        ),
         table=table,
     )
 

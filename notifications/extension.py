@@ -26,7 +26,7 @@ from .config import Settings
 from .events import Event
 from .exceptions import NotificationsError, PublishError
 from .fanout import Hub, Listener
-from .limits import LEASE_SECONDS, Limits
+from .limits import Limits
 from .schema import Names
 from .store import EventStore
 
@@ -80,6 +80,7 @@ class State:
                 s.connect_rate_per_user,
                 s.connect_rate_per_address,
                 s.rate_limit_exempt,
+                s.stream_lease,
             )
         return self._limits
 
@@ -109,7 +110,7 @@ class State:
 
     @staticmethod
     def _tick(conn: Connection, limits: Limits) -> None:
-        limits.beat(conn, LEASE_SECONDS / 3)
+        limits.beat(conn, limits.lease_seconds / 3)
         metrics.sample_memory()
 
     def identify(self) -> Identity:

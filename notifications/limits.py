@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, text
 from .auth import AccessError
 from .schema import Names
 
-LEASE_SECONDS = 30.0
+DEFAULT_LEASE_SECONDS = 30.0
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _RATE = re.compile(r"\s*(\d+)\s*(?:/|per)\s*(second|minute|hour|day)s?\s*")
 
@@ -74,7 +74,9 @@ class Limits:
         rate_per_user: Rate | None,
         rate_per_address: Rate | None,
         exempt_networks: Sequence[IPv4Network | IPv6Network] = (),
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
+        self.lease_seconds = lease_seconds
         self.engine = engine
         self.names = names
         self.max_streams = max_streams_per_user
@@ -126,7 +128,7 @@ class Limits:
                         f"SELECT count(*) FROM {n.sql('_streams')} s JOIN {n.sql('_workers')} w ON w.worker = s.worker "
                         "WHERE s.user_id = :user AND w.seen_at > now() - make_interval(secs => :lease)"
                     ),
-                    {"user": user_id, "lease": LEASE_SECONDS},
+                    {"user": user_id, "lease": self.lease_seconds},
                 ).scalar_one()
                 if open_streams >= self.max_streams:
                     raise AccessError(
@@ -196,7 +198,7 @@ class Limits:
                     f"SELECT count(*) FROM {n.sql('_streams')} s JOIN {n.sql('_workers')} w ON w.worker = s.worker "
                     "WHERE w.seen_at > now() - make_interval(secs => :lease)"
                 ),
-                {"lease": LEASE_SECONDS},
+                {"lease": self.lease_seconds},
             ).scalar_one()
         return count
 
@@ -219,11 +221,11 @@ class Limits:
                 f"DELETE FROM {n.sql('_streams')} s WHERE NOT EXISTS (SELECT 1 FROM {n.sql('_workers')} w "
                 "WHERE w.worker = s.worker AND w.seen_at > now() - make_interval(secs => :lease))"
             ),
-            {"lease": LEASE_SECONDS * 4},
+            {"lease": self.lease_seconds * 4},
         )
         conn.execute(
             text(f"DELETE FROM {n.sql('_workers')} WHERE seen_at < now() - make_interval(secs => :lease)"),
-            {"lease": LEASE_SECONDS * 4},
+            {"lease": self.lease_seconds * 4},
         )
         conn.execute(
             text(f'DELETE FROM {n.sql("_rates")} WHERE "window" < :oldest'),

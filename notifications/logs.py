@@ -56,6 +56,7 @@ class JsonFormatter(logging.Formatter):
                 bytes=_int(atoms.get("B")),
                 duration_ms=_int(atoms.get("M")),
                 agent=atoms.get("a"),
+                referer=redact(str(atoms.get("f", ""))),
             )
         else:
             entry["message"] = redact(record.getMessage())
@@ -79,7 +80,7 @@ class RedactingGunicornLogger(Logger):  # type: ignore[misc]
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
-        for key in ("r", "q", "U"):
+        for key in ("r", "q", "U", "f"):
             if isinstance(atoms.get(key), str):
                 atoms[key] = redact(atoms[key])
         for key in list(atoms):

@@ -12,11 +12,12 @@ Deliberate choices, do not "fix" them:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -97,6 +98,8 @@ def stream() -> Response:
         except ValueError as exc:
             raise AccessError(400, str(exc)) from None
         reader = authorize_stream(identity, user_id, channels, state.settings.public_channels)
+        if not state.ensure_listening():
+            raise AccessError(503, "notifications are unavailable: the database is unreachable")
         lease = _admit(state, identity.subject)
     except AccessError as exc:
         return refusal(state, exc)
@@ -105,11 +108,21 @@ def stream() -> Response:
     last_id = request.headers.get("Last-Event-ID")
     if last_id is None:
         last_id = request.args.get("lastEventId")
-    if not state.ensure_listening():
-        return refusal(state, AccessError(503, "notifications are unavailable: the database is unreachable"))
     client = request.environ.get("gunicorn.socket") or request.environ.get("gunicorn.sock")
     subscriber = Subscriber(reader, channels, state.settings.queue_size, client)
-    return _event_stream(StreamSession(state, subscriber, identity, last_id, lease).run())
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            state.limits.release(lease)
+
+    response = _event_stream(StreamSession(state, subscriber, identity, last_id, release).run())
+    # The stream releases its slot when it ends; a body that never runs (HEAD) is released
+    # when werkzeug closes the response.
+    response.call_on_close(release)
+    return response
 
 
 def _admit(state: State, subject: str) -> int | None:
@@ -124,13 +137,18 @@ def _admit(state: State, subject: str) -> int | None:
 class StreamSession:
     """One open stream: connect, replay what was missed, then live events and heartbeats."""
 
-    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at", "lease", "reason", "sent")
+    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at", "reason", "sent", "on_end")
 
     def __init__(
-        self, state: State, sub: Subscriber, identity: Identity, last_id: str | None, lease: int | None = None
+        self,
+        state: State,
+        sub: Subscriber,
+        identity: Identity,
+        last_id: str | None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self.state = state
-        self.lease = lease
+        self.on_end = on_end
         self.reason = "client"  # why the stream ended, for metrics: client, expired, lifetime, ...
         self.sent = 0  # events sent (replayed and live)
         self.sub = sub
@@ -164,7 +182,8 @@ class StreamSession:
             yield encode(event="error", data=serialize({"error": "internal error", "code": 500}))
         finally:
             hub.unsubscribe(self.sub)
-            self.state.limits.release(self.lease)
+            if self.on_end is not None:
+                self.on_end()
             metrics.OPEN_STREAMS.dec()
             metrics.STREAMS_CLOSED.labels(self.sub.closed or self.reason).inc()
             duration = time.monotonic() - opened
@@ -320,8 +339,17 @@ def publish_http() -> tuple[Response, int]:
         identity = authenticate(locations=("headers",))
     except AccessError as exc:
         return jsonify(exc.as_data()), exc.code
-    body: Any = request.get_json(silent=True)
-    if body is None:
+    if not request.is_json:
+        return jsonify({"error": "send the body as Content-Type: application/json", "code": 415}), 415
+    cap = state.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > cap:
+        return jsonify({"error": f"the body is larger than {cap} bytes", "code": 413}), 413
+    raw = request.stream.read(cap + 1)
+    if len(raw) > cap:
+        return jsonify({"error": f"the body is larger than {cap} bytes", "code": 413}), 413
+    try:
+        body: Any = json.loads(raw)
+    except (ValueError, RecursionError):
         return jsonify({"error": "the body must be JSON: an event object or an array of them", "code": 400}), 400
     items = body if isinstance(body, list) else [body]
     if not items:
