@@ -11,6 +11,7 @@ jittered backoff and catches up from its cursor, so nothing is lost.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import time
@@ -32,21 +33,56 @@ log = logging.getLogger("notifications.fanout")
 RECENT_EVENTS = 10_000
 
 
+def chunked(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk, framed exactly as gunicorn frames a yielded chunk."""
+    return b"%X\r\n%b\r\n" % (len(data), data)
+
+
 class Subscriber:
-    """One open stream: who it is, what it reads, and its bounded queue of encoded events."""
+    """One open stream: who it is, what it reads, and its bounded queue of encoded events.
 
-    __slots__ = ("user_id", "channels", "limit", "pending", "wakeup", "closed", "writer", "client", "watcher")
+    When the stream is a plain HTTP/1.1 chunked response on a socket we can reach (gunicorn
+    without TLS), ``fd`` is set and, once the stream is live, the listener writes each event
+    straight to the socket with one non-blocking ``write``: no greenlet switch, no queue. Only
+    when the socket would block (or the stream greenlet is itself writing) does an event wait
+    in ``pending`` for the stream greenlet, which writes with backpressure; a queue that
+    reaches ``limit`` marks a slow consumer.
+    """
 
-    def __init__(self, user_id: str, channels: Iterable[str], limit: int, client: Any = None) -> None:
+    __slots__ = (
+        "user_id",
+        "channels",
+        "limit",
+        "pending",
+        "wakeup",
+        "closed",
+        "writer",
+        "client",
+        "watcher",
+        "fd",
+        "live",
+        "cursor",
+        "sent",
+        "partial",
+    )
+
+    def __init__(
+        self, user_id: str, channels: Iterable[str], limit: int, client: Any = None, fd: int | None = None
+    ) -> None:
         self.user_id = user_id
         self.channels = frozenset(channels)
         self.limit = limit
         self.pending: list[tuple[int, bytes]] = []
         self.wakeup = gevent.event.Event()
-        self.closed: str | None = None  # why the stream must end: "slow", "drain"
+        self.closed: str | None = None  # why the stream must end: "slow", "drain", "gone"
         self.writer: gevent.Greenlet | None = None  # set while the stream is blocked writing
         self.client = client  # the client socket, when the server exposes it
         self.watcher: Any = None
+        self.fd = fd  # direct writes allowed (see the class docstring)
+        self.live = False  # set once connect and replay are written: direct writes may start
+        self.cursor = 0  # the id of the last event written to this stream
+        self.sent = 0  # events written to this stream
+        self.partial = b""  # the unwritten rest of a direct write: goes out before anything else
 
     def watch_disconnect(self) -> None:
         """Notice at once when the client hangs up, not at the next write: a libev watcher on
@@ -78,9 +114,27 @@ class Subscriber:
             self.watcher.close()
             self.watcher = None
 
-    def push(self, event_id: int, frame: bytes) -> None:
+    def push(self, event_id: int, frame: bytes, chunk: bytes | None = None) -> None:
         if self.closed:
             return
+        if self.live:
+            if event_id <= self.cursor:
+                return
+            if self.fd is not None and chunk is not None and not (self.pending or self.partial or self.writer):
+                try:
+                    written = os.write(self.fd, chunk)
+                except BlockingIOError:
+                    written = 0
+                except OSError:
+                    self.close("gone")
+                    return
+                if written:
+                    self.cursor = event_id
+                    self.sent += 1
+                    if written < len(chunk):
+                        self.partial = chunk[written:]
+                        self.wakeup.set()
+                    return
         if len(self.pending) >= self.limit:
             self.close("slow")
             return
@@ -154,6 +208,7 @@ class Hub:
         now = time.time()
         for event in events:
             frame = encode(id=event.id, event=event.name, data=event.data)
+            chunk = chunked(frame)
             if event.channel is None:
                 targets: Iterable[Subscriber] = (
                     self.everyone if event.user_id is None else self.by_user.get(event.user_id, ())
@@ -163,7 +218,7 @@ class Hub:
             else:
                 targets = [s for s in self.by_user.get(event.user_id, ()) if event.channel in s.channels]
             for sub in list(targets):
-                sub.push(event.id, frame)
+                sub.push(event.id, frame, chunk)
                 delivered += 1
             if event.created_at:
                 metrics.DELIVERY_LATENCY.observe(max(0.0, now - event.created_at))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import socket
 import time
@@ -28,7 +29,7 @@ from . import metrics
 from .auth import AccessError, Identity, authenticate, authorize_publish, authorize_stream
 from .events import make_event, parse_channels, serialize, validate_user_id
 from .extension import State, get_state
-from .fanout import Subscriber
+from .fanout import Subscriber, chunked
 from .publishing import RESERVED_EVENTS, PublishError
 from .sse import encode
 from .tickets import issue, redeem
@@ -109,7 +110,7 @@ def stream() -> Response:
     if last_id is None:
         last_id = request.args.get("lastEventId")
     client = request.environ.get("gunicorn.socket") or request.environ.get("gunicorn.sock")
-    subscriber = Subscriber(reader, channels, state.settings.queue_size, client)
+    subscriber = Subscriber(reader, channels, state.settings.queue_size, client, _direct_fd(client))
     released = False
 
     def release() -> None:
@@ -125,6 +126,21 @@ def stream() -> Response:
     return response
 
 
+def _direct_fd(client: Any) -> int | None:
+    """The socket's descriptor when events may be written to it directly: a plain-text
+    HTTP/1.1 GET, whose response gunicorn sends chunked. Never under TLS or HTTP/2."""
+    if client is None or request.method != "GET" or request.environ.get("SERVER_PROTOCOL") != "HTTP/1.1":
+        return None
+    if hasattr(client, "cipher"):
+        return None
+    try:
+        fd = int(client.fileno())
+        # gevent keeps its sockets non-blocking; a blocking one (a sync worker) must not be used.
+        return None if os.get_blocking(fd) else fd
+    except (OSError, ValueError):
+        return None
+
+
 def _admit(state: State, subject: str) -> int | None:
     """Apply the connection limits; when the database is away, let the stream in unlimited."""
     try:
@@ -137,7 +153,7 @@ def _admit(state: State, subject: str) -> int | None:
 class StreamSession:
     """One open stream: connect, replay what was missed, then live events and heartbeats."""
 
-    __slots__ = ("state", "sub", "expires_at", "last_id", "cursor", "ends_at", "reason", "sent", "on_end")
+    __slots__ = ("state", "sub", "expires_at", "last_id", "ends_at", "reason", "on_end")
 
     def __init__(
         self,
@@ -150,11 +166,9 @@ class StreamSession:
         self.state = state
         self.on_end = on_end
         self.reason = "client"  # why the stream ended, for metrics: client, expired, lifetime, ...
-        self.sent = 0  # events sent (replayed and live)
         self.sub = sub
         self.expires_at = identity.expires_at
         self.last_id = last_id
-        self.cursor = 0
         lifetime = state.settings.max_stream_lifetime
         # Jittered, so streams opened together (after a deploy) do not all end together.
         self.ends_at = time.monotonic() + lifetime * random.uniform(0.8, 1.0) if lifetime else None
@@ -191,7 +205,7 @@ class StreamSession:
             self._log(
                 "stream closed",
                 duration=round(duration, 3),
-                events=self.sent,
+                events=self.sub.sent,
                 reason=self.sub.closed or self.reason,
             )
 
@@ -205,7 +219,7 @@ class StreamSession:
         hub, store, settings = self.state.hub, self.state.store, self.state.settings
         assert hub.cursor is not None
         live_from = hub.cursor  # every event after this arrives through the subscription
-        self.cursor = live_from
+        self.sub.cursor = live_from
         replay_after: int | None = None
         head: list[bytes] = []
         if self.last_id is not None:
@@ -217,7 +231,7 @@ class StreamSession:
                 if requested > newest:
                     requested = None
                 else:
-                    self.cursor = requested
+                    self.sub.cursor = requested
             if requested is None:
                 head.append(_reset("unknown-id", live_from))
             elif requested < live_from:
@@ -235,61 +249,91 @@ class StreamSession:
                     for e in store.replay(replay_after, live_from, self.sub.user_id, tuple(self.sub.channels))
                 ]
         if settings.connect_message:
-            at = self.cursor if replay_after is None else replay_after
+            at = self.sub.cursor if replay_after is None else replay_after
             head.append(encode(id=at, event="notification", data=serialize(CONNECT_MESSAGE)))
         if frames:
             metrics.EVENTS_REPLAYED.inc(len(frames))
-            self.sent += len(frames)
+            self.sub.sent += len(frames)
             head.extend(frame for _, frame in frames)
-            self.cursor = max(self.cursor, frames[-1][0])
+            self.sub.cursor = max(self.sub.cursor, frames[-1][0])
         if replay_after is not None:
-            self.cursor = max(self.cursor, live_from)
+            self.sub.cursor = max(self.sub.cursor, live_from)
         if head:
             yield b"".join(head)
 
     def _live(self) -> Iterator[bytes]:
+        """Live events, heartbeats, expiry and the end. With ``sub.fd`` the listener writes most
+        events straight to the socket and this loop writes the rest raw (already chunked);
+        otherwise everything is yielded to the server."""
         sub, settings = self.sub, self.state.settings
+        raw = sub.fd is not None
+        sub.live = True
         interval = settings.heartbeat_interval
         next_beat = time.monotonic() + interval
         warn_at = None if self.expires_at is None else self.expires_at - settings.expiry_warning
         while True:
             now = time.monotonic()
             deadline = next_beat if self.ends_at is None else min(next_beat, self.ends_at)
-            chunk: list[bytes] = []
+            out: list[bytes] = []
+            final: bytes | None = None
             if self.expires_at is not None:
                 wall = time.time()
                 if wall >= self.expires_at:
                     self.reason = "expired"
                     metrics.REFUSALS.labels("401").inc()
-                    yield encode(event="error", data=serialize({"error": "token expired", "code": 401}))
-                    return
-                if warn_at is not None and wall >= warn_at:
-                    chunk.append(_expiring(self.expires_at, wall))
+                    final = encode(event="error", data=serialize({"error": "token expired", "code": 401}))
+                elif warn_at is not None and wall >= warn_at:
+                    out.append(_expiring(self.expires_at, wall))
                     warn_at = None
                 deadline = min(deadline, now + self.expires_at - wall)
                 if warn_at is not None:
                     deadline = min(deadline, now + warn_at - wall)
-            if not chunk:
+            if final is None and not out:
                 sub.wakeup.wait(max(0.0, deadline - now))
-            if sub.closed == "drain" or (self.ends_at is not None and time.monotonic() >= self.ends_at):
+            if final is None and (
+                sub.closed == "drain" or (self.ends_at is not None and time.monotonic() >= self.ends_at)
+            ):
                 self.reason = "lifetime"
-                yield encode(retry=jittered(settings.retry_ms))
-                self._end_keepalive()
+                final = encode(retry=jittered(settings.retry_ms))
+            elif sub.closed:
                 return
-            if sub.closed:
-                return
-            fresh = [(event_id, frame) for event_id, frame in sub.take() if event_id > self.cursor]
-            chunk.extend(frame for _, frame in fresh)
-            if fresh:
-                self.cursor = fresh[-1][0]
-                self.sent += len(fresh)
-            if time.monotonic() >= next_beat:
-                chunk.append(encode(id=self.cursor, event="heartbeat", data="{}"))
-                next_beat = time.monotonic() + interval
-            if chunk:
+            if final is None:
+                fresh = [(event_id, frame) for event_id, frame in sub.take() if event_id > sub.cursor]
+                out.extend(frame for _, frame in fresh)
+                if fresh:
+                    sub.cursor = fresh[-1][0]
+                    sub.sent += len(fresh)
+                if time.monotonic() >= next_beat:
+                    out.append(encode(id=sub.cursor, event="heartbeat", data="{}"))
+                    next_beat = time.monotonic() + interval
+            else:
+                out.append(final)
+            if raw:
+                prefix, sub.partial = sub.partial, b""
+                data = prefix + (chunked(b"".join(out)) if out else b"")
+                if data and not self._write_raw(data):
+                    return
+            elif out:
                 sub.writer = gevent.getcurrent()
-                yield b"".join(chunk)
+                yield b"".join(out)
                 sub.writer = None
+            if final is not None:
+                if self.reason == "lifetime":
+                    self._end_keepalive()
+                return
+
+    def _write_raw(self, data: bytes) -> bool:
+        """Write ``data`` (already chunked) to the socket, cooperatively; False if the client is gone."""
+        sub = self.sub
+        sub.writer = gevent.getcurrent()
+        try:
+            sub.client.sendall(data)
+            return True
+        except OSError:
+            self.reason = "gone"
+            return False
+        finally:
+            sub.writer = None
 
     def _end_keepalive(self) -> None:
         """After the last chunk, stop reading the connection so the server closes it at once
