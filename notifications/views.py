@@ -210,6 +210,8 @@ class StreamSession:
             )
 
     def _log(self, message: str, **details: Any) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         fields = {"user": self.sub.user_id, "channels": sorted(self.sub.channels), **details}
         text = " ".join(f"{key}={value}" for key, value in fields.items())
         log.info("%s %s", message, text, extra={"stream": fields})
