@@ -238,18 +238,21 @@ class StreamSession:
                 head.append(_reset("unknown-id", live_from))
             elif requested < live_from:
                 replay_after = requested
-        frames = None if replay_after is None else hub.replay_from_memory(replay_after, self.sub)
-        if replay_after is not None and frames is None:
+        frames = None
+        if replay_after is not None:
             with self.state.replay_gate:
+                # Pruning may run in any process: ask the table, even when memory holds the rest.
                 with store.engine.connect() as conn:
                     pruned = store.pruned_through(conn)
                 if replay_after < pruned:
                     head.append(_reset("history-expired", pruned))
                     replay_after = pruned
-                frames = [
-                    (e.id, encode(id=e.id, event=e.name, data=e.data))
-                    for e in store.replay(replay_after, live_from, self.sub.user_id, tuple(self.sub.channels))
-                ]
+                frames = hub.replay_from_memory(replay_after, self.sub)
+                if frames is None:
+                    frames = [
+                        (e.id, encode(id=e.id, event=e.name, data=e.data))
+                        for e in store.replay(replay_after, live_from, self.sub.user_id, tuple(self.sub.channels))
+                    ]
         if settings.connect_message:
             at = self.sub.cursor if replay_after is None else replay_after
             head.append(encode(id=at, event="notification", data=serialize(CONNECT_MESSAGE)))
@@ -410,13 +413,16 @@ def publish_http() -> tuple[Response, int]:
                 raise ValueError(f"item {index}: unknown keys {sorted(unknown)}")
             if item["event"] in RESERVED_EVENTS:
                 raise ValueError(f"item {index}: event name {item['event']!r} is reserved")
-            event = make_event(
-                item["event"],
-                item["data"],
-                user_id=item.get("userId"),
-                channel=item.get("channel"),
-                max_bytes=state.settings.max_payload_bytes,
-            )
+            try:
+                event = make_event(
+                    item["event"],
+                    item["data"],
+                    user_id=item.get("userId"),
+                    channel=item.get("channel"),
+                    max_bytes=state.settings.max_payload_bytes,
+                )
+            except ValueError as exc:
+                raise ValueError(f"item {index}: {exc}") from None
             authorize_publish(identity, event.user_id, event.channel)
             events.append(event)
     except AccessError as exc:

@@ -1,0 +1,376 @@
+"""Retention (DESIGN §6 "retention", "cursor", "reset"): old events are pruned by themselves,
+``NOTIFICATIONS_RETENTION_MAX_EVENTS`` keeps the newest N, a client asking for pruned history
+gets ``reset`` / ``history-expired`` then exactly what is kept, pruning never blocks or loses
+publishes, and only one process prunes at a time.
+
+Two servers: the module's (``NOTIFICATIONS_RETENTION=2s``, pruning every second) and a capped
+one on a database of its own (``NOTIFICATIONS_RETENTION_MAX_EVENTS``, pruning every second),
+started after some history was already pruned so that both replay paths (the table, and a
+worker's memory of recent events) are exercised.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import pytest
+from sqlalchemy import text
+
+from notifications.extension import get_state
+from tests.integration.conftest import wait_until_serving
+from tests.support import pg
+from tests.support.checks import delivered_ids
+from tests.support.publisher import Publisher
+from tests.support.server import GunicornServer
+from tests.support.sse_client import SSEClient, is_connect_message
+
+KEEP = 200  # NOTIFICATIONS_RETENTION_MAX_EVENTS of the capped server
+
+
+@pytest.fixture(scope="module")
+def server_env() -> dict[str, str]:
+    return {"NOTIFICATIONS_RETENTION": "2s", "NOTIFICATIONS_PRUNE_INTERVAL": "1s"}
+
+
+def query(database_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(pg.libpq_url(database_url))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def table_ids(database_url: str) -> list[int]:
+    return [r[0] for r in query(database_url, "SELECT id FROM notification_events ORDER BY id")]
+
+
+def pruned_through(database_url: str) -> int:
+    rows = query(database_url, "SELECT value FROM notification_events_state WHERE key = 'pruned_through'")
+    return int(rows[0][0]) if rows else 0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)  # polling interval of a condition with a deadline
+
+
+def publish_many(publisher: Publisher, items: list[dict[str, Any]]) -> list[int]:
+    return [int(i) for i in publisher.call("publish_many", items)]
+
+
+def replayed(c: SSEClient, last_id: int) -> tuple[list[str], list[int]]:
+    """Wait for ``last_id``; return the reset reasons seen and the ids of the events received."""
+    c.wait_for_id(last_id, timeout=15)
+    resets = [m.json()["reason"] for m in c.events if m.type == "reset"]
+    return resets, delivered_ids(c)
+
+
+# ------------------------------------------------------------------ by age, automatically
+
+
+def test_events_older_than_the_retention_are_pruned_by_themselves(
+    server, database_url, publisher, open_stream, token, user
+):
+    c = open_stream(token(user))
+    c.wait_connected()
+    published_at = time.monotonic()
+    ids = [publisher.notify(f"short-lived {n}", user_id=user) for n in range(3)]
+    for event_id in ids:
+        c.wait_for_id(event_id)  # delivered live before it expires
+    assert set(ids) <= set(table_ids(database_url)), "pruned before NOTIFICATIONS_RETENTION"
+    wait_until(lambda: not set(ids) & set(table_ids(database_url)), 15, f"events {ids} pruned")
+    gone_after = time.monotonic() - published_at
+    assert gone_after >= 1.9, f"pruned after {gone_after:.2f}s, before NOTIFICATIONS_RETENTION=2s"
+    assert pruned_through(database_url) >= max(ids)
+
+
+def test_a_stream_asking_for_expired_events_gets_history_expired_and_not_them(
+    server, database_url, publisher, open_stream, token, user
+):
+    """The events were dispatched live by the workers (so a worker still remembers them), then
+    pruned by age: a stream resuming from before them must get ``history-expired``, not them."""
+    c = open_stream(token(user))
+    c.wait_connected()
+    ids = [publisher.notify(f"short-lived {n}", user_id=user) for n in range(3)]
+    c.wait_for_id(ids[-1])
+    wait_until(lambda: not set(ids) & set(table_ids(database_url)), 15, f"events {ids} pruned")
+    late = open_stream(token(user), headers={"Last-Event-ID": str(ids[0] - 1)}, name="late")
+    late.wait_connected()
+    marker = publisher.notify("after", user_id=user)
+    late.wait_for_id(marker)
+    resets = [m.json() for m in late.events if m.type == "reset"]
+    assert resets == [{"type": "reset", "reason": "history-expired"}], (
+        f"resets {resets}; replayed {delivered_ids(late)} although {ids} are pruned"
+    )
+    assert delivered_ids(late) == [marker]
+
+
+# ------------------------------------------------------------------ the capped server
+
+
+@dataclass
+class Capped:
+    server: GunicornServer
+    publisher: Publisher
+    database_url: str
+    floor: int  # the newest id when the server started: its workers remember what came after
+
+
+@pytest.fixture(scope="module")
+def capped(pg_admin_url: str, jwt_secret: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capped]:
+    url = pg.create_database(pg_admin_url, "t_retention_capped")
+    srv = None
+    try:
+        pub = Publisher(url, jwt_secret)
+        # history from before the server: KEEP + 50 broadcasts, the oldest 50 pruned already
+        ids = publish_many(pub, [{"event": "before", "data": {"n": n}} for n in range(KEEP + 50)])
+        with pub.app.app_context():
+            assert get_state().store.prune(None, KEEP) == 50
+        env = {"NOTIFICATIONS_RETENTION_MAX_EVENTS": str(KEEP), "NOTIFICATIONS_PRUNE_INTERVAL": "1s"}
+        srv = GunicornServer(url, jwt_secret, tmp_path_factory.mktemp("capped") / "gunicorn.log", env=env)
+        srv.start()
+        wait_until_serving(srv, pub)
+        yield Capped(srv, pub, url, max(ids))
+    except BaseException:
+        if srv is not None:
+            print(srv.log_tail())
+        raise
+    finally:
+        if srv is not None:
+            srv.stop()
+        pg.drop_database(pg_admin_url, url)
+
+
+@pytest.fixture
+def capped_stream(capped: Capped) -> Iterator[Callable[..., SSEClient]]:
+    opened: list[SSEClient] = []
+
+    def make(*args: Any, **kwargs: Any) -> SSEClient:
+        client = capped.server.stream(*args, **kwargs)
+        opened.append(client)
+        return client
+
+    yield make
+    for c in opened:
+        c.close()
+
+
+def settled(capped: Capped) -> list[int]:
+    """Wait until the automatic pruning has brought the table down to the newest KEEP."""
+
+    def check() -> list[int] | None:
+        ids = table_ids(capped.database_url)
+        return ids if len(ids) == KEEP else None
+
+    return wait_until(check, 15, f"the table pruned to the newest {KEEP} events")
+
+
+def test_max_events_keeps_only_the_newest(capped, capped_stream, token, user):
+    # every other event targets this test's user: the next test's stream must not replay those
+    burst = [{"event": "burst", "data": n, **({"user_id": user} if n % 2 else {})} for n in range(KEEP + 30)]
+    ids = publish_many(capped.publisher, burst)
+    kept = settled(capped)
+    assert kept == ids[-KEEP:]
+    assert pruned_through(capped.database_url) == ids[-KEEP - 1]
+
+
+def test_history_expired_from_the_table_then_exactly_what_is_kept(capped, capped_stream, token, user):
+    """Last-Event-ID older than the server's start: replayed from the table."""
+    kept = settled(capped)
+    assert kept[-1] > capped.floor  # this test runs after the burst above, or with the probe alone
+    visible = [
+        r[0]
+        for r in query(
+            capped.database_url,
+            "SELECT id FROM notification_events WHERE user_id IS NULL OR user_id = %s ORDER BY id",
+            user,
+        )
+    ]
+    assert visible and visible[0] > capped.floor - KEEP
+    c = capped_stream(token(user), headers={"Last-Event-ID": "0"}, name="from-0")
+    resets, got = replayed(c, visible[-1])
+    assert resets == ["history-expired"], [m.raw for m in c.messages[:4]]
+    assert got == visible
+    first = [m for m in c.events]
+    assert first[0].type == "reset" and is_connect_message(first[1]), [m.raw for m in first[:3]]
+
+
+def test_history_expired_from_a_workers_memory_then_exactly_what_is_kept(capped, capped_stream, token, user):
+    """Last-Event-ID newer than the server's start, of events published (and dispatched) since
+    and then pruned: a worker still holds them in its memory of recent events, but they are
+    gone from the table, so the client must get ``history-expired`` and only what is kept."""
+    ids = publish_many(capped.publisher, [{"event": "mem", "data": n} for n in range(KEEP + 20)])
+    kept = settled(capped)
+    assert kept == ids[-KEEP:]
+    since = ids[0] - 1  # >= capped.floor: after the server started
+    assert since >= capped.floor
+    c = capped_stream(token(user), headers={"Last-Event-ID": str(since)}, name="from-memory")
+    resets, got = replayed(c, kept[-1])
+    assert resets == ["history-expired"], (
+        f"no history-expired for pruned events {ids[0]}..{ids[19]}; received {len(got)} events from "
+        f"{got[:1]} to {got[-1:]}"
+    )
+    assert got == kept, f"expected exactly the kept {kept[0]}..{kept[-1]}, got {len(got)}: {got[:3]}..."
+
+
+def test_pruning_while_publishing_loses_nothing_and_blocks_nothing(capped, capped_stream, jwt_secret, token, user):
+    """Four threads publish for a few seconds while prune runs over and over (this process's
+    own ``prune_once`` besides the server's): every publish succeeds quickly, a live stream gets
+    every event once in order, and the table ends with exactly the newest KEEP."""
+    c = capped_stream(token(user), name="live")
+    c.wait_connected()
+    pruner = Publisher(capped.database_url, jwt_secret, NOTIFICATIONS_RETENTION_MAX_EVENTS=str(KEEP))
+    stop = threading.Event()
+    lock = threading.Lock()
+    published: list[int] = []
+    latencies: list[float] = []
+    prunes: list[int | None] = []
+    errors: list[BaseException] = []
+
+    def publishing(n: int) -> None:
+        try:
+            i = 0
+            while not stop.is_set():
+                started = time.monotonic()
+                if i % 5 == 4:
+                    new = publish_many(capped.publisher, [{"event": "load", "data": [n, i, k]} for k in range(5)])
+                else:
+                    new = [capped.publisher.publish("load", [n, i])]
+                took = time.monotonic() - started
+                with lock:
+                    published.extend(new)
+                    latencies.append(took)
+                i += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    def pruning() -> None:
+        try:
+            while not stop.is_set():
+                with pruner.app.app_context():
+                    prunes.append(get_state().prune_once())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publishing, args=(n,), name=f"pub-{n}") for n in range(4)]
+    threads.append(threading.Thread(target=pruning, name="pruner"))
+    for t in threads:
+        t.start()
+    try:
+        wait_until(
+            lambda: len(published) >= 4 * KEEP and sum(1 for p in prunes if p) >= 3,
+            20,
+            "enough publishes and prunes that deleted something",
+        )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+    assert max(latencies) < 2.0, f"a publish took {max(latencies):.2f}s while pruning"
+    ids = sorted(published)
+    assert len(set(ids)) == len(ids)
+    c.wait_for_id(ids[-1], timeout=15)
+    got = delivered_ids(c)
+    assert got == ids, (
+        f"live stream: {len(got)} events for {len(ids)} published; missing {sorted(set(ids) - set(got))[:10]}"
+    )
+    assert settled(capped) == ids[-KEEP:]
+
+
+# ------------------------------------------------------------------ one pruner at a time
+
+
+@pytest.fixture
+def prune_db(pg_admin_url: str) -> Iterator[str]:
+    url = pg.create_database(pg_admin_url, "t_retention_lock")
+    yield url
+    pg.drop_database(pg_admin_url, url)
+
+
+def test_only_one_process_prunes_at_a_time(prune_db, jwt_secret):
+    first = Publisher(prune_db, jwt_secret, NOTIFICATIONS_RETENTION="0s")
+    second = Publisher(prune_db, jwt_secret, NOTIFICATIONS_RETENTION="0s")
+    ids = [first.publish("old", n) for n in range(4)]
+    with first.app.app_context():
+        state = get_state()
+        key = state.store.lock_key + 1
+    inside, release = threading.Event(), threading.Event()
+    original = state.store.prune
+
+    def slow_prune(*args: Any, **kwargs: Any) -> int:
+        inside.set()
+        assert release.wait(15), "never released"
+        return original(*args, **kwargs)
+
+    state.store.prune = slow_prune  # type: ignore[method-assign]
+    result: dict[str, Any] = {}
+
+    def run_first() -> None:
+        try:
+            with first.app.app_context():
+                result["first"] = get_state().prune_once()
+        except BaseException as exc:
+            result["error"] = exc
+        finally:
+            inside.set()
+
+    thread = threading.Thread(target=run_first, name="first-pruner")
+    thread.start()
+    try:
+        assert inside.wait(10), "the first pruner never started"
+        assert "error" not in result, result
+        holders = query(
+            prune_db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND ((classid::bigint << 32) | objid::bigint) = %s",
+            key & 0xFFFFFFFFFFFFFFFF,
+        )
+        assert holders == [(1,)], f"the pruning lock is not held while pruning: {holders}"
+        with second.app.app_context():
+            assert get_state().prune_once() is None, "a second process pruned while the first was pruning"
+        assert table_ids(prune_db) == ids  # the second one deleted nothing
+    finally:
+        release.set()
+        thread.join(15)
+    assert "error" not in result, result
+    assert result["first"] == len(ids)
+    assert table_ids(prune_db) == []
+    # the lock is free again: the second process prunes now
+    newer = second.publish("old", 99)
+    with second.app.app_context():
+        assert get_state().prune_once() == 1
+    assert newer not in table_ids(prune_db)
+
+
+def test_prune_once_is_refused_while_another_session_holds_the_lock(prune_db, jwt_secret):
+    """The lock is PostgreSQL's, so it works across machines: any session holding it stops
+    every app's ``prune_once``, which then neither waits nor deletes."""
+    app = Publisher(prune_db, jwt_secret, NOTIFICATIONS_RETENTION="0s")
+    event_id = app.publish("old", 1)
+    with app.app.app_context():
+        state = get_state()
+        with state.store.engine.connect() as other:
+            assert other.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": state.store.lock_key + 1}).scalar()
+            started = time.monotonic()
+            assert state.prune_once() is None
+            assert time.monotonic() - started < 2, "prune_once waited for the lock instead of giving up"
+            assert event_id in table_ids(prune_db)
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": state.store.lock_key + 1})
+            other.commit()
+        assert state.prune_once() == 1
