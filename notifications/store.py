@@ -61,15 +61,20 @@ class EventStore:
         self.events, self.state = tables.events, tables.state
         self.channel = names.channel  # the NOTIFY channel
         self.lock_key = zlib.crc32(f"notifications:{names.channel}".encode())
-        self._insert = text(
-            f"INSERT INTO {names.sql()} (event, data, user_id, channel) "
+        # Lock, INSERT of every row and one NOTIFY as one multi-statement query: one round trip,
+        # and the lock is held only while the server works, never across a client round trip.
+        self._append_sql = (
+            "SELECT pg_advisory_xact_lock(%(key)s); "
+            f"WITH ins AS (INSERT INTO {names.sql()} (event, data, user_id, channel) "
             "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
-            "CAST(:names AS text[]), CAST(:datas AS text[]), "
-            "CAST(:users AS text[]), CAST(:channels AS text[])"
+            "CAST(%(names)s AS text[]), CAST(%(datas)s AS text[]), "
+            "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[])"
             ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
-            "RETURNING id"
+            "RETURNING id), "
+            "doorbell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
+            "SELECT ins.id FROM ins, doorbell ORDER BY ins.id"
         )
-        self._notify = text("SELECT pg_notify(:channel, :payload)")
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         cols = self.events.c
         self._since = (
             select(
@@ -90,23 +95,21 @@ class EventStore:
     def append_in(self, conn: Connection, events: Sequence[Event]) -> list[str]:
         """Append inside the caller's transaction (any engine on this database): one INSERT of
         every row, one NOTIFY. The lock is held to commit: call it late in long transactions."""
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.lock_key})
-        ids = conn.execute(
-            self._insert,
-            {
-                "names": [e.name for e in events],
-                "datas": [e.data for e in events],
-                "users": [e.user_id for e in events],
-                "channels": [e.channel for e in events],
-            },
-        ).scalars()
-        ordered = sorted(int(i) for i in ids)  # identity values follow the unnest order
-        conn.execute(self._notify, {"channel": self.channel, "payload": str(ordered[-1])})
-        return [str(i) for i in ordered]
+        params = {
+            "key": self.lock_key,
+            "names": [e.name for e in events],
+            "datas": [e.data for e in events],
+            "users": [e.user_id for e in events],
+            "channels": [e.channel for e in events],
+            "channel": self.channel,
+        }
+        ids = conn.exec_driver_sql(self._append_sql, params).scalars().all()
+        return [str(i) for i in ids]  # identity values follow the unnest order
 
     def append(self, events: Sequence[Event]) -> list[str]:
-        """Append events in one short transaction of their own (all or nothing)."""
-        with self.engine.begin() as conn:
+        """Append events in one short transaction of their own (all or nothing): the
+        multi-statement query runs as one implicit transaction, committed by the server."""
+        with self._autocommit.connect() as conn:
             return self.append_in(conn, events)
 
     # -- reading ---------------------------------------------------------------------------
