@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psycopg2
 import pytest
 
 from tests.support import pg
+from tests.support.pg import query
 from tests.support.server import ROOT, VENV_BIN, clean_environ
 
 TABLES = {
@@ -55,17 +55,6 @@ def flask_cli(database_url: str, jwt_secret: str) -> Any:
         return run_cli(database_url, jwt_secret, *args, env=env)
 
     return run
-
-
-def query(database_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(pg.libpq_url(database_url))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def tables(database_url: str) -> set[str]:

@@ -13,13 +13,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg2
 import pytest
 from flask import Flask
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, insert, text
 
 from notifications.schema import Names, define_tables
-from tests.support import pg
+from tests.support.pg import query
 from tests.support.publisher import Publisher, api
 from tests.support.tokens import mint
 
@@ -43,17 +42,6 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng = create_engine(database_url)
     yield eng
     eng.dispose()
-
-
-def query(database_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(pg.libpq_url(database_url))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def tables_in(database_url: str, schema: str) -> set[str]:

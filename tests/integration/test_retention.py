@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2
 import pytest
 from sqlalchemy import text
 
@@ -25,6 +24,7 @@ from notifications.extension import get_state
 from tests.integration.conftest import wait_until_serving
 from tests.support import pg
 from tests.support.checks import delivered_ids
+from tests.support.pg import query
 from tests.support.publisher import Publisher
 from tests.support.server import GunicornServer
 from tests.support.sse_client import SSEClient, is_connect_message
@@ -35,17 +35,6 @@ KEEP = 200  # NOTIFICATIONS_RETENTION_MAX_EVENTS of the capped server
 @pytest.fixture(scope="module")
 def server_env() -> dict[str, str]:
     return {"NOTIFICATIONS_RETENTION": "2s", "NOTIFICATIONS_PRUNE_INTERVAL": "1s"}
-
-
-def query(database_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(pg.libpq_url(database_url))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def table_ids(database_url: str) -> list[int]:

@@ -16,14 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg2
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tests.support import pg
 from tests.support.checks import assert_never_received, delivered_ids
+from tests.support.pg import query
 from tests.support.publisher import api
 
 KINDS = ["session", "connection"]
@@ -49,17 +48,6 @@ def engine(database_url: str, server: Any) -> Iterator[Engine]:
         )
     yield eng
     eng.dispose()
-
-
-def query(database_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(pg.libpq_url(database_url))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def stored(database_url: str, ids: list[int]) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -46,5 +47,17 @@ def drop_database(admin_url: str, url: str) -> None:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+def query(database_url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one statement in autocommit; return its rows (none for a statement without)."""
+    conn = psycopg2.connect(libpq_url(database_url))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return cur.fetchall() if cur.description else []
     finally:
         conn.close()
