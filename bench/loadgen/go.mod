@@ -1,0 +1,3 @@
+module notifications/bench/loadgen
+
+go 1.19
