@@ -111,7 +111,7 @@ class State:
     @staticmethod
     def _tick(conn: Connection, limits: Limits) -> None:
         limits.beat(conn, limits.lease_seconds / 3)
-        metrics.sample_memory()
+        metrics.sample_memory(every=1.0)
 
     def identify(self) -> Identity:
         """Who is asking: the host app's hook first (say, its login session), else the JWT."""

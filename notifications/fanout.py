@@ -233,7 +233,14 @@ class Hub:
         """The frames after ``after`` that ``sub`` may see, if memory holds all of them."""
         if after < self.recent_floor:
             return None
-        return [(e.id, frame) for e, frame in self.recent if e.id > after and sub.sees(e.user_id, e.channel)]
+        missed = []
+        for event, frame in reversed(self.recent):  # newest first: stop at the first one seen
+            if event.id <= after:
+                break
+            if sub.sees(event.user_id, event.channel):
+                missed.append((event.id, frame))
+        missed.reverse()
+        return missed
 
     def drain(self) -> None:
         """End every stream promptly (deploy, reload, shutdown)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -47,8 +48,16 @@ MEMORY = Gauge(
 )
 
 
-def sample_memory() -> None:
-    """Record this process's resident memory (cheap: one read of /proc)."""
+_last_sample = 0.0
+
+
+def sample_memory(every: float = 0.0) -> None:
+    """Record this process's resident memory (one read of /proc), at most once per ``every`` s."""
+    global _last_sample
+    now = time.monotonic()
+    if every and now - _last_sample < every:
+        return
+    _last_sample = now
     try:
         with open("/proc/self/statm") as statm:
             pages = int(statm.read().split()[1])
