@@ -57,9 +57,7 @@ class Publisher:
             f"publish returned {event_id!r}, expected a decimal string of a positive integer"
         )
         with self._lock:
-            self.published.append(
-                Published(int(event_id), event, None if user_id is None else str(user_id), channel)
-            )
+            self.published.append(Published(int(event_id), event, None if user_id is None else str(user_id), channel))
         return int(event_id)
 
     def notify(self, message: str, **kwargs: Any) -> int:

@@ -63,7 +63,9 @@ class GunicornServer:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         workers: int = 2,
+        app: str = "wsgi:app",
     ) -> None:
+        self.app = app
         self.database_url = database_url
         self.secret = secret
         self.log_path = log_path
@@ -89,7 +91,7 @@ class GunicornServer:
             f"{self.host}:{self.port}",
             "-w",
             str(self.workers),
-            "wsgi:app",
+            self.app,
         ]
         self.proc = subprocess.Popen(
             cmd,
@@ -103,9 +105,7 @@ class GunicornServer:
         last_error = ""
         while True:
             if self.proc.poll() is not None:
-                raise ServerError(
-                    f"gunicorn exited with {self.proc.returncode} during start\n{self.log_tail()}"
-                )
+                raise ServerError(f"gunicorn exited with {self.proc.returncode} during start\n{self.log_tail()}")
             try:
                 status, _ = self.get("/healthz", timeout=2)
                 if status == 200 and len(self.worker_pids()) == self.workers:
@@ -149,9 +149,7 @@ class GunicornServer:
 
     # ------------------------------------------------------------------ HTTP
 
-    def get(
-        self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 5
-    ) -> tuple[int, bytes]:
+    def get(self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 5) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request("GET", path, headers=dict(headers or {}))
