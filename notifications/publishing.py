@@ -27,10 +27,13 @@ RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset", "token-expiring"})
 __all__ = ["PublishError", "broadcast_update", "notify", "publish", "publish_many"]
 
 
-def _event(name: object, data: Any, user_id: object, channel: object) -> Event:
+def build_event(name: object, data: Any, user_id: object, channel: object) -> Event:
+    """One validated event for the current app (reserved names and the payload cap included)."""
     if name in RESERVED_EVENTS:
         raise ValueError(f"event name {name!r} is reserved for the stream itself")
-    return make_event(name, data, user_id=user_id, channel=channel, max_bytes=get_state().settings.max_payload_bytes)
+    return make_event(
+        name, data, user_id=user_id, channel=channel, max_bytes=get_state().settings.max_payload_bytes
+    )
 
 
 def _append(events: list[Event], session: Any, connection: Connection | None) -> list[str]:
@@ -64,7 +67,7 @@ def notify(
 ) -> str:
     """Store a ``notification`` (a toast) for everyone, one user or one channel; return its id."""
     data = build_notification(message, notification_type, title, duration)
-    return _append([_event("notification", data, user_id, channel)], session, connection)[0]
+    return _append([build_event("notification", data, user_id, channel)], session, connection)[0]
 
 
 def broadcast_update(
@@ -79,7 +82,7 @@ def broadcast_update(
 ) -> str:
     """Store an ``update`` (``created``/``updated``/``deleted`` of an entity); return its id."""
     data = build_update(entity, action, payload)
-    return _append([_event("update", data, user_id, channel)], session, connection)[0]
+    return _append([build_event("update", data, user_id, channel)], session, connection)[0]
 
 
 def publish(
@@ -92,7 +95,7 @@ def publish(
     connection: Connection | None = None,
 ) -> str:
     """Store a custom event (any JSON ``data``); return its id."""
-    return _append([_event(event, data, user_id, channel)], session, connection)[0]
+    return _append([build_event(event, data, user_id, channel)], session, connection)[0]
 
 
 def publish_many(
@@ -107,7 +110,7 @@ def publish_many(
         if not isinstance(item, dict):
             raise ValueError(f"item {index}: expected a dict with 'event' and 'data'")
         try:
-            built.append(_event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel")))
+            built.append(build_event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel")))
         except ValueError as exc:
             raise ValueError(f"item {index}: {exc}") from None
     if not built:

@@ -27,10 +27,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .auth import AccessError, Identity, authenticate, authorize_publish, authorize_stream
-from .events import make_event, parse_channels, serialize, validate_user_id
+from .events import parse_channels, serialize, validate_user_id
 from .extension import State, get_state
 from .fanout import Subscriber, chunked
-from .publishing import RESERVED_EVENTS, PublishError
+from .publishing import PublishError, build_event
 from .sse import encode
 from .tickets import issue, redeem
 
@@ -411,16 +411,8 @@ def publish_http() -> tuple[Response, int]:
             unknown = set(item) - {"event", "data", "userId", "channel"}
             if unknown:
                 raise ValueError(f"item {index}: unknown keys {sorted(unknown)}")
-            if item["event"] in RESERVED_EVENTS:
-                raise ValueError(f"item {index}: event name {item['event']!r} is reserved")
             try:
-                event = make_event(
-                    item["event"],
-                    item["data"],
-                    user_id=item.get("userId"),
-                    channel=item.get("channel"),
-                    max_bytes=state.settings.max_payload_bytes,
-                )
+                event = build_event(item["event"], item["data"], item.get("userId"), item.get("channel"))
             except ValueError as exc:
                 raise ValueError(f"item {index}: {exc}") from None
             authorize_publish(identity, event.user_id, event.channel)
