@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -125,6 +126,7 @@ class ServerFactory:
         self.default_url = default_url
         self.servers: list[GunicornServer] = []
         self.publishers: dict[str, Publisher] = {}
+        self._mktemp_lock = threading.Lock()
 
     def publisher(self, database_url: str | None = None) -> Publisher:
         url = database_url or self.default_url
@@ -142,8 +144,10 @@ class ServerFactory:
         workers: int = 2,
     ) -> GunicornServer:
         url = database_url or self.default_url
+        with self._mktemp_lock:  # TempPathFactory is not thread-safe (start_many)
+            folder = self.tmp.mktemp(f"gunicorn-{name}")
         for tries_left in (1, 0):
-            log = self.tmp.mktemp(f"gunicorn-{name}") / "gunicorn.log"
+            log = folder / f"gunicorn-{tries_left}.log"
             srv = GunicornServer(url, self.secret, log, env=dict(env or {}), workers=workers)
             self.servers.append(srv)
             try:

@@ -159,9 +159,10 @@ def test_fourth_stream_of_a_user_is_refused_429(servers, clients, token, user):
 def test_limit_holds_across_the_workers_of_one_instance(servers, clients, token, user):
     tok = token(user)
     kept, tries = [], 0
+    deadline = time.monotonic() + 60  # which worker accepts is up to the kernel: keep trying
     while len(kept) < MAX:
         tries += 1
-        assert tries <= 20, f"could not spread {MAX} streams over both workers: {kept}"
+        assert time.monotonic() < deadline, f"could not spread {MAX} streams over both workers in {tries} tries"
         c = servers.a.stream(tok)
         first = c.wait_for(lambda m: m.is_event, what="first event")
         if first.type == "error":  # a surplus stream just closed: its slot is released in <0.5 s
