@@ -29,14 +29,19 @@ import pytest
 
 from tests.support import pg
 from tests.support.publisher import Publisher
-from tests.support.server import GunicornServer, ServerError
-from tests.support.tokens import mint
+from tests.support.server import GunicornServer, wait_until_serving
 
 HERE = Path(__file__).parent
 CHROMIUM = os.environ.get("NOTIFICATIONS_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 INSTALL_HINT = (
     "apt-get update && apt-get install -y chromium chromium-driver; "
@@ -239,26 +244,6 @@ def server(gunicorn: GunicornServer, publisher: Publisher) -> GunicornServer:
     return gunicorn
 
 
-def wait_until_serving(srv: GunicornServer, publisher: Publisher, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(srv.worker_pids()) < srv.workers:
-        if time.monotonic() > deadline:
-            raise ServerError(f"gunicorn has workers {srv.worker_pids()}, expected {srv.workers}")
-        time.sleep(0.1)  # polling a condition with a deadline
-    clients, _ = srv.open_on_all_workers(
-        lambda i: srv.stream(token=mint(srv.secret, f"probe-{i}"), name=f"probe-{i}"), minimum=2
-    )
-    try:
-        event_id = publisher.publish("probe", {"probe": True})
-        for c in clients:
-            c.wait_for_id(event_id, timeout=timeout)
-    except AssertionError as exc:
-        raise ServerError(f"server up but not delivering events: {exc}") from exc
-    finally:
-        for c in clients:
-            c.close()
-
-
 class AccessLog:
     """The server's access log lines (tokens redacted), with when this process first saw each."""
 
@@ -310,7 +295,8 @@ def events(page: Any, types: tuple[str, ...] | None = None) -> list[dict[str, An
     """The events the page received (``demo.events``), without heartbeats and connect messages."""
     got: list[dict[str, Any]] = page.evaluate("demo.events")
     return [
-        e for e in got
+        e
+        for e in got
         if e["type"] != "heartbeat"
         and not (isinstance(e["data"], dict) and e["data"].get("message") == "Connected to notification stream")
         and (types is None or e["type"] in types)

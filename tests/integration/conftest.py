@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import pg
 from tests.support.publisher import Publisher
-from tests.support.server import GunicornServer, ServerError
+from tests.support.server import GunicornServer, wait_until_serving
 from tests.support.sse_client import SSEClient
 from tests.support.tokens import mint
 
@@ -84,22 +84,6 @@ def server(
         raise
     finally:
         srv.stop()
-
-
-def wait_until_serving(srv: GunicornServer, publisher: Publisher, timeout: float = 15.0) -> None:
-    """Both workers run streams and their listeners deliver an event published from here."""
-    clients, _ = srv.open_on_all_workers(
-        lambda i: srv.stream(token=mint(srv.secret, f"probe-{i}"), name=f"probe-{i}"), minimum=2
-    )
-    try:
-        event_id = publisher.publish("probe", {"probe": True})
-        for c in clients:
-            c.wait_for_id(event_id, timeout=timeout)
-    except AssertionError as exc:
-        raise ServerError(f"server up but not delivering events: {exc}") from exc
-    finally:
-        for c in clients:
-            c.close()
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.integration.conftest import wait_until_serving
 from tests.support.publisher import Publisher
-from tests.support.server import GunicornServer
+from tests.support.server import GunicornServer, wait_until_serving
 from tests.support.tokens import mint
 
 

@@ -21,12 +21,11 @@ import pytest
 from sqlalchemy import text
 
 from notifications.extension import get_state
-from tests.integration.conftest import wait_until_serving
 from tests.support import pg
 from tests.support.checks import delivered_ids
 from tests.support.pg import query
 from tests.support.publisher import Publisher
-from tests.support.server import GunicornServer
+from tests.support.server import GunicornServer, wait_until_serving
 from tests.support.sse_client import SSEClient, is_connect_message
 
 KEEP = 200  # NOTIFICATIONS_RETENTION_MAX_EVENTS of the capped server

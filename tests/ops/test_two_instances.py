@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import wait_until_serving
 from tests.support.publisher import Publisher
-from tests.support.server import GunicornServer
+from tests.support.server import GunicornServer, wait_until_serving
 from tests.support.tokens import mint
 
 LIMIT_ENV = {"NOTIFICATIONS_MAX_STREAMS_PER_USER": "2"}

@@ -25,7 +25,7 @@ import pytest
 
 from tests.support import pg
 from tests.support.publisher import Publisher
-from tests.support.server import GunicornServer, ServerError
+from tests.support.server import GunicornServer, ServerError, wait_until_serving
 from tests.support.sse_client import SSEClient
 from tests.support.tokens import mint
 
@@ -97,24 +97,6 @@ def jwt_secret() -> str:
 
 
 # ---------------------------------------------------------------------------------- servers
-
-
-def wait_until_serving(
-    srv: GunicornServer, publisher: Publisher, make_token: Callable[[str], str], timeout: float = 15.0
-) -> None:
-    """Both workers run streams, and their listeners deliver an event published from here."""
-    clients, _ = srv.open_on_all_workers(
-        lambda i: srv.stream(token=make_token(f"probe-{i}"), name=f"probe-{i}"), minimum=2
-    )
-    try:
-        event_id = publisher.publish("probe", {"probe": True})
-        for c in clients:
-            c.wait_for_id(event_id, timeout=timeout)
-    except AssertionError as exc:
-        raise ServerError(f"server up but not delivering events: {exc}\n{srv.log_tail()}") from exc
-    finally:
-        for c in clients:
-            c.close()
 
 
 class ServerFactory:
@@ -258,7 +240,7 @@ def open_stream(server: GunicornServer, clients: list[SSEClient]) -> Callable[..
 
 # What must never appear in a server log: a traceback, an unhandled-request error, a 5xx answer.
 FAILURE_LINE = re.compile(
-    r'Traceback \(most recent call last\)|Error handling request|stream failed|Exception on /|'
+    r"Traceback \(most recent call last\)|Error handling request|stream failed|Exception on /|"
     r'" 5\d\d \d|\[CRITICAL\]|WORKER TIMEOUT|Worker \(pid:\d+\) was sent'
 )
 
@@ -287,9 +269,11 @@ class LogWatch:
     def assert_clean(self, what: str = "") -> None:
         text = self.since()
         bad = [line for line in text.splitlines() if FAILURE_LINE.search(line)]
-        assert not bad, f"server log shows a failure{' after ' + what if what else ''}:\n" + "\n".join(
-            bad[:20]
-        ) + f"\n--- log since mark ---\n{text[-6000:]}"
+        assert not bad, (
+            f"server log shows a failure{' after ' + what if what else ''}:\n"
+            + "\n".join(bad[:20])
+            + f"\n--- log since mark ---\n{text[-6000:]}"
+        )
 
 
 def wait_for_log(srv: GunicornServer, predicate: Callable[[str], bool], timeout: float = 5.0) -> str:

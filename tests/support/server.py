@@ -244,3 +244,26 @@ class GunicornServer:
                 c.close()
             raise
         return clients, per_worker
+
+
+def wait_until_serving(
+    srv: GunicornServer,
+    publisher: Any,
+    make_token: Callable[[str], str] | None = None,
+    timeout: float = 20.0,
+) -> None:
+    """Both workers run streams, and their listeners deliver an event published from here
+    (``publisher``: a ``tests.support.publisher.Publisher`` on the server's database)."""
+    from .tokens import mint
+
+    make = make_token or (lambda sub: mint(srv.secret, sub))
+    clients, _ = srv.open_on_all_workers(lambda i: srv.stream(token=make(f"probe-{i}"), name=f"probe-{i}"), minimum=2)
+    try:
+        event_id = publisher.publish("probe", {"probe": True})
+        for c in clients:
+            c.wait_for_id(event_id, timeout=timeout)
+    except AssertionError as exc:
+        raise ServerError(f"server up but not delivering events: {exc}\n{srv.log_tail()}") from exc
+    finally:
+        for c in clients:
+            c.close()
