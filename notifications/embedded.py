@@ -85,6 +85,29 @@ def _run_as() -> str | None:
     raise EmbeddedPostgresError("Running as root and no 'postgres' or 'nobody' user exists.")
 
 
+def _runnable_copy(user: str, bin_dir: Path) -> Path:
+    """The binaries, where ``user`` can run them: as they are, or (say a ``pgserver`` wheel in a
+    venv under /root) copied once, with their libraries, to a folder under the temp directory."""
+    if subprocess.run(["test", "-x", str(bin_dir / "initdb")], user=user, check=False).returncode == 0:
+        return bin_dir
+    install = bin_dir.parent  # pgserver/pginstall; its binaries find their libraries through
+    libs = install.parent.parent / f"{install.parent.name}.libs"  # rpath $ORIGIN/../../../pgserver.libs
+    digest = hashlib.sha1(str(install).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"notifications-pg-install-{digest}"
+    copied = target / install.parent.name / install.name
+    with open(f"{target}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(install, copied, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, target / libs.name, symlinks=True)
+            for folder in (target, copied.parent):
+                folder.chmod(0o755)
+            (target / ".complete").touch()
+    return copied / bin_dir.name
+
+
 def _reachable_by(user: str, folder: Path) -> bool:
     """Whether ``user`` can enter ``folder`` (creating it first if needed)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -99,6 +122,8 @@ class EmbeddedPostgres:
         self.bin_dir = bin_dir or find_binaries()
         self.user = _run_as()
         self.started_here = False
+        if self.user is not None:
+            self.bin_dir = _runnable_copy(self.user, self.bin_dir)
         if self.user is not None and not _reachable_by(self.user, self.data_dir.parent):
             # As root in a private folder (say /root/project) the postgres user cannot reach the
             # instance folder: keep the cluster in a folder of its own under the temp directory.

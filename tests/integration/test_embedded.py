@@ -46,3 +46,23 @@ def test_a_cluster_from_the_wheel_serves_and_restarts_on_the_same_url(reachable_
             assert cur.fetchone()[0]
     finally:
         cluster.stop()
+
+
+def test_wheel_binaries_in_a_private_folder_still_run(reachable_folder: Path, tmp_path: Path) -> None:
+    """As root with the venv under a 0700 folder (say /root/project/.venv), the postgres user
+    cannot run the wheel's binaries where they are: they are copied somewhere it can."""
+    wheel_bin = find_binaries(search_path="", debian_root=reachable_folder)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    site = wheel_bin.parents[2]
+    for name in ("pgserver", "pgserver.libs"):
+        if (site / name).is_dir():
+            shutil.copytree(site / name, private / name, symlinks=True)
+    cluster = EmbeddedPostgres(reachable_folder / "data", bin_dir=private / "pgserver" / "pginstall" / "bin")
+    try:
+        url = cluster.start()
+        with psycopg2.connect(pg.libpq_url(url)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+    finally:
+        cluster.stop()
