@@ -31,9 +31,7 @@ def build_event(name: object, data: Any, user_id: object, channel: object) -> Ev
     """One validated event for the current app (reserved names and the payload cap included)."""
     if name in RESERVED_EVENTS:
         raise ValueError(f"event name {name!r} is reserved for the stream itself")
-    return make_event(
-        name, data, user_id=user_id, channel=channel, max_bytes=get_state().settings.max_payload_bytes
-    )
+    return make_event(name, data, user_id=user_id, channel=channel, max_bytes=get_state().settings.max_payload_bytes)
 
 
 def _append(events: list[Event], session: Any, connection: Connection | None) -> list[str]:
