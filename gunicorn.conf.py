@@ -71,6 +71,7 @@ def post_worker_init(worker: Any) -> None:
     state = worker.wsgi.extensions.get(EXTENSION_KEY) if hasattr(worker.wsgi, "extensions") else None
     if state is None:
         return
+    state.server_log = worker.log  # detached streams write their own access lines
     state.listener.start()
     if worker.age == 1 and state.app.config.get("NOTIFICATIONS_GENERATED_KEY"):
         _announce_demo_token(worker, state.app)
@@ -103,6 +104,16 @@ def _announce_demo_token(worker: Any, app: Any) -> None:
     worker.log.error_log.info(
         "try: curl -N 'http://%s:%s/api/notifications/stream?token=%s'", host, port, token, extra={"unredacted": True}
     )
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """The worker's loop has ended: end the streams it still holds (detached streams have no
+    greenlet the worker would wait for), each with its last ``retry:``."""
+    from notifications.extension import EXTENSION_KEY
+
+    state = worker.wsgi.extensions.get(EXTENSION_KEY) if hasattr(worker.wsgi, "extensions") else None
+    if state is not None:
+        state.shutdown()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -8,11 +8,13 @@ channel name, ``user:<id>``, or a prefix ending in ``*``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask import Flask, current_app, request
+from flask_jwt_extended import default_callbacks, get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
 
@@ -53,8 +55,55 @@ def _patterns(grant: Any, key: str) -> tuple[str, ...]:
     return tuple(v for v in values if isinstance(v, str))
 
 
-def authenticate(locations: Sequence[str] = ("query_string", "headers", "cookies")) -> Identity:
-    """Verify the request's JWT; raise ``AccessError`` 401 when it is missing or not valid."""
+class VerifiedTokens:
+    """The identities of the ``?token=`` values this worker has verified, until they expire: a
+    browser reconnects with the same token, and its signature need not be checked again.
+    Bounded (oldest first out); size 0 turns it off."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._known: dict[str, Identity] = {}
+
+    def get(self, token: str) -> Identity | None:
+        identity = self._known.get(token)
+        if identity is not None and identity.expires_at is not None and identity.expires_at <= time.time():
+            del self._known[token]
+            return None
+        return identity
+
+    def put(self, token: str, identity: Identity) -> None:
+        if not self.size:
+            return
+        if len(self._known) >= self.size:
+            del self._known[next(iter(self._known))]
+        self._known[token] = identity
+
+
+def cacheable_tokens(app: Flask) -> bool:
+    """Whether a verified token may be remembered: not when the app checks tokens against a
+    blocklist, verifies them further or looks their users up (flask-jwt-extended loaders)."""
+    manager = app.extensions.get("flask-jwt-extended")
+    defaults = {
+        "_token_in_blocklist_callback": default_callbacks.default_blocklist_callback,
+        "_token_verification_callback": default_callbacks.default_token_verification_callback,
+        "_user_lookup_callback": None,
+    }
+    return manager is not None and all(getattr(manager, name, None) is value for name, value in defaults.items())
+
+
+def authenticate(
+    locations: Sequence[str] = ("query_string", "headers", "cookies"), cache: VerifiedTokens | None = None
+) -> Identity:
+    """Verify the request's JWT; raise ``AccessError`` 401 when it is missing or not valid.
+
+    With ``cache``, a ``?token=`` verified before is not verified again (flask-jwt-extended
+    reads the query string first, so that is the token it would verify)."""
+    token = None
+    if cache is not None and cache.size and locations[0] == "query_string":
+        token = request.args.get(current_app.config["JWT_QUERY_STRING_NAME"])
+        known = None if token is None else cache.get(token)
+        if known is not None:
+            return known
     try:
         verify_jwt_in_request(locations=list(locations))
         claims = get_jwt()
@@ -71,12 +120,15 @@ def authenticate(locations: Sequence[str] = ("query_string", "headers", "cookies
     if not isinstance(expires, (int, float)) or isinstance(expires, bool):
         raise AccessError(401, "invalid token: no expiry (exp)")
     grant = claims.get(GRANT_CLAIM)
-    return Identity(
+    identity = Identity(
         subject=str(subject),
         expires_at=float(expires),
         subscribe=_patterns(grant, "subscribe"),
         publish=_patterns(grant, "publish"),
     )
+    if token is not None and cache is not None:
+        cache.put(token, identity)
+    return identity
 
 
 def matches(patterns: Iterable[str], target: str) -> bool:

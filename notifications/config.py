@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_STREAM_LEASE": "30s",
     "NOTIFICATIONS_TABLE": "notification_events",
     "NOTIFICATIONS_TICKET_TTL": "30s",
+    "NOTIFICATIONS_TOKEN_CACHE": 10000,
 }
 # Keys owned by other libraries that this package also reads from the environment.
 PASSTHROUGH_KEYS = (
@@ -164,6 +165,7 @@ class Settings:
     stream_lease: float
     table: str
     ticket_ttl: float
+    token_cache: int
 
 
 def read(config: dict[str, Any]) -> Settings:
@@ -236,6 +238,7 @@ def read(config: dict[str, Any]) -> Settings:
             "NOTIFICATIONS_STREAM_LEASE", _duration("NOTIFICATIONS_STREAM_LEASE", config["NOTIFICATIONS_STREAM_LEASE"])
         ),
         table=table,
+        token_cache=_number(int, 0)("NOTIFICATIONS_TOKEN_CACHE", config["NOTIFICATIONS_TOKEN_CACHE"]),
     )
 
 

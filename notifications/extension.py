@@ -21,13 +21,14 @@ from sqlalchemy.pool import NullPool
 
 from . import config as config_module
 from . import cors, metrics
-from .auth import Identity, authenticate
+from .auth import Identity, VerifiedTokens, authenticate, cacheable_tokens
 from .config import Settings
 from .events import Event
 from .exceptions import NotificationsError, PublishError
 from .fanout import Hub, Listener
 from .limits import Limits
 from .schema import Names
+from .sse import encode, jittered
 from .store import EventStore
 
 log = logging.getLogger("notifications")
@@ -51,6 +52,9 @@ class State:
         self.database_url = database_url
         self.names = Names(settings.table, settings.schema)
         self.hub = Hub()
+        self.hub.farewell = lambda: encode(retry=jittered(settings.retry_ms))
+        self._verified_tokens: VerifiedTokens | None = None
+        self.server_log: Any = None  # gunicorn's logger, for the access lines of detached streams
         self.replay_gate = gevent.lock.BoundedSemaphore(settings.replay_concurrency)
         self._store: EventStore | None = None
         self._listener: Listener | None = None
@@ -68,6 +72,14 @@ class State:
         options.setdefault("max_overflow", self.settings.pool_size)
         options.setdefault("pool_pre_ping", True)
         return create_engine(url, **options)
+
+    @property
+    def verified_tokens(self) -> VerifiedTokens:
+        """Decided on first use, once the app has registered its flask-jwt-extended loaders."""
+        if self._verified_tokens is None:
+            size = self.settings.token_cache if cacheable_tokens(self.app) else 0
+            self._verified_tokens = VerifiedTokens(size)
+        return self._verified_tokens
 
     @property
     def limits(self) -> Limits:
@@ -121,7 +133,7 @@ class State:
                 return found
             if found is not None:
                 return Identity(subject=str(found), expires_at=None)
-        return authenticate()
+        return authenticate(cache=self.verified_tokens)
 
     def ensure_listening(self, timeout: float = LISTENER_START_TIMEOUT) -> bool:
         """Start this process's listener if needed; True once the hub has a cursor."""
@@ -207,9 +219,11 @@ class Notifications:
         app.extensions[EXTENSION_KEY] = state
 
         from .cli import cli
+        from .fastpath import StreamFastPath
         from .views import blueprint
 
         app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
+        app.wsgi_app = StreamFastPath(app, state, URL_PREFIX + "/stream")  # type: ignore[method-assign]
         cors.install(app, settings.cors_origins, URL_PREFIX)
         app.cli.add_command(cli)
         if settings.auto_migrate:

@@ -11,7 +11,6 @@ jittered backoff and catches up from its cursor, so nothing is lost.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import socket
 import time
@@ -39,50 +38,58 @@ def chunked(data: bytes) -> bytes:
 
 
 class Subscriber:
-    """One open stream: who it is, what it reads, and its bounded queue of encoded events.
+    """One open stream: who it is, what it reads, and how its bytes reach the client.
 
-    When the stream is a plain HTTP/1.1 chunked response on a socket we can reach (gunicorn
-    without TLS), ``fd`` is set and, once the stream is live, the listener writes each event
-    straight to the socket with one non-blocking ``write``: no greenlet switch, no queue. Only
-    when the socket would block (or the stream greenlet is itself writing) does an event wait
-    in ``pending`` for the stream greenlet, which writes with backpressure; a queue that
-    reaches ``limit`` marks a slow consumer.
+    Before the stream is live (while its connect message and replay are written) events wait
+    in ``early``. Once live it is in one of two modes:
+
+    * **detached** (plain HTTP/1.1 under gunicorn): the stream owns its socket and no greenlet.
+      Events, heartbeats and the last frame are written straight to the socket with
+      non-blocking sends, each event already framed as an HTTP chunk; what does not fit waits
+      in ``queue`` for a libev write watcher, and a queue that reaches ``limit`` marks a slow
+      consumer.
+    * **attached** (TLS, another server, HEAD): the stream's greenlet yields frames to the
+      server; they wait in ``queue`` and ``wakeup`` wakes it.
+
+    A libev read watcher on the socket notices a client that hangs up, without a greenlet.
     """
 
     __slots__ = (
         "user_id",
         "channels",
         "limit",
-        "pending",
+        "early",
+        "queue",
         "wakeup",
         "closed",
         "writer",
         "client",
+        "detached",
         "watcher",
-        "fd",
+        "write_watcher",
         "live",
         "cursor",
         "sent",
-        "partial",
+        "on_close",
     )
 
-    def __init__(
-        self, user_id: str, channels: Iterable[str], limit: int, client: Any = None, fd: int | None = None
-    ) -> None:
+    def __init__(self, user_id: str, channels: Iterable[str], limit: int, client: Any = None) -> None:
         self.user_id = user_id
         self.channels = frozenset(channels)
         self.limit = limit
-        self.pending: list[tuple[int, bytes]] = []
-        self.wakeup = gevent.event.Event()
-        self.closed: str | None = None  # why the stream must end: "slow", "drain", "gone"
-        self.writer: gevent.Greenlet | None = None  # set while the stream is blocked writing
+        self.early: list[tuple[int, bytes]] = []  # events that arrived before the stream was live
+        self.queue: list[bytes] = []  # attached: frames to yield; detached: bytes waiting for the socket
+        self.wakeup: gevent.event.Event | None = gevent.event.Event()
+        self.closed: str | None = None  # why the stream ended: "slow", "drain", "gone", "expired", ...
+        self.writer: gevent.Greenlet | None = None  # attached: set while the greenlet is blocked writing
         self.client = client  # the client socket, when the server exposes it
+        self.detached = False
         self.watcher: Any = None
-        self.fd = fd  # direct writes allowed (see the class docstring)
-        self.live = False  # set once connect and replay are written: direct writes may start
+        self.write_watcher: Any = None
+        self.live = False  # set once connect and replay are written
         self.cursor = 0  # the id of the last event written to this stream
         self.sent = 0  # events written to this stream
-        self.partial = b""  # the unwritten rest of a direct write: goes out before anything else
+        self.on_close: Callable[[], None] | None = None  # detached: called once the socket is closed
 
     def watch_disconnect(self) -> None:
         """Notice at once when the client hangs up, not at the next write: a libev watcher on
@@ -104,51 +111,131 @@ class Subscriber:
             return
         except OSError:
             data = b""
-        self.unwatch()
         if not data:  # end-of-file: the client is gone
+            self.unwatch()
             self.close("gone")
+        elif self.detached:
+            self._discard_input()
+
+    def _discard_input(self) -> None:
+        """A detached stream reads nothing: drop what a client sends after its request."""
+        try:
+            while self.client.recv(65536, socket.MSG_DONTWAIT):
+                pass
+        except OSError:
+            pass
 
     def unwatch(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
-            self.watcher.close()
-            self.watcher = None
+        for watcher in (self.watcher, self.write_watcher):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self.watcher = self.write_watcher = None
+
+    def detach(self, client: Any) -> None:
+        """Own the socket from now on (see the class docstring); the greenlet may end."""
+        self.client = client
+        self.detached = True
+        self.wakeup = None
+        self.live = True
+        for frame in self.take_early():
+            self._write(chunked(frame))
 
     def push(self, event_id: int, frame: bytes, chunk: bytes | None = None) -> None:
+        """An event for this stream (``chunk``: the same frame as one HTTP chunk)."""
         if self.closed:
             return
-        if self.live:
-            if event_id <= self.cursor:
-                return
-            if self.fd is not None and chunk is not None and not (self.pending or self.partial or self.writer):
-                try:
-                    written = os.write(self.fd, chunk)
-                except BlockingIOError:
-                    written = 0
-                except OSError:
-                    self.close("gone")
-                    return
-                if written:
-                    self.cursor = event_id
-                    self.sent += 1
-                    if written < len(chunk):
-                        self.partial = chunk[written:]
-                        self.wakeup.set()
-                    return
-        if len(self.pending) >= self.limit:
+        if not self.live:
+            if len(self.early) >= self.limit:
+                self.close("slow")
+            else:
+                self.early.append((event_id, frame))
+            return
+        if event_id <= self.cursor:
+            return
+        self.cursor = event_id
+        self.sent += 1
+        self.send(frame, chunk)
+
+    def take_early(self) -> list[bytes]:
+        """The frames that arrived before the stream was live and are newer than its cursor."""
+        fresh = [(event_id, frame) for event_id, frame in self.early if event_id > self.cursor]
+        self.early = []
+        if fresh:
+            self.cursor = fresh[-1][0]
+            self.sent += len(fresh)
+        return [frame for _, frame in fresh]
+
+    def send(self, frame: bytes, chunk: bytes | None = None) -> None:
+        """Write (detached) or queue (attached) one SSE frame."""
+        if self.closed:
+            return
+        if self.detached:
+            self._write(chunked(frame) if chunk is None else chunk)
+            return
+        if len(self.queue) >= self.limit:
             self.close("slow")
             return
-        self.pending.append((event_id, frame))
+        self.queue.append(frame)
+        assert self.wakeup is not None
         self.wakeup.set()
 
-    def close(self, reason: str) -> None:
+    def take(self) -> list[bytes]:
+        """Attached: the frames to yield now."""
+        frames, self.queue = self.queue, []
+        if self.wakeup is not None:
+            self.wakeup.clear()
+        return frames
+
+    def _write(self, data: bytes) -> None:
+        if self.queue:  # the socket is full: wait behind what is already waiting
+            if len(self.queue) >= self.limit:
+                self.close("slow")
+            else:
+                self.queue.append(data)
+            return
+        try:
+            written = self.client.send(data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.close("gone")
+            return
+        if written < len(data):
+            self.queue.append(data[written:])
+            watcher = gevent.get_hub().loop.io(self.client.fileno(), 2)
+            watcher.start(self._writable)
+            self.write_watcher = watcher
+
+    def _writable(self) -> None:
+        data = b"".join(self.queue)  # coalesce the backlog into one write
+        try:
+            written = self.client.send(data)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close("gone")
+            return
+        self.queue = [data[written:]] if written < len(data) else []
+        if not self.queue and self.write_watcher is not None:
+            self.write_watcher.stop()
+            self.write_watcher.close()
+            self.write_watcher = None
+
+    def close(self, reason: str, final: bytes | None = None) -> None:
+        """End the stream; ``final`` is its last frame (a ``retry:`` or an ``error`` event),
+        written when the client is keeping up."""
         if self.closed:
             return
         self.closed = reason
-        self.pending.clear()
-        self.wakeup.set()
         if reason == "slow":
             metrics.SLOW_CONSUMERS.inc()
+        if self.detached:
+            self._close_socket(final)
+            return
+        self.queue = [final] if final is not None and reason not in ("slow", "gone") else []
+        if self.wakeup is not None:
+            self.wakeup.set()
         if reason == "slow" and self.writer is not None:
             # The client stopped reading and the write blocks: end that greenlet, and stop
             # reading the socket so the server closes the connection instead of keeping it.
@@ -159,10 +246,21 @@ class Subscriber:
                 except OSError:
                     pass
 
-    def take(self) -> list[tuple[int, bytes]]:
-        items, self.pending = self.pending, []
-        self.wakeup.clear()
-        return items
+    def _close_socket(self, final: bytes | None) -> None:
+        self.unwatch()
+        if final is not None and not self.queue and self.closed not in ("slow", "gone"):
+            try:  # the last frame and the end of the chunked body, if they fit at once
+                self.client.send(chunked(final) + b"0\r\n\r\n")
+            except OSError:
+                pass
+        self.queue = []
+        try:
+            self.client.close()
+        except OSError:
+            pass
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            on_close()
 
     def sees(self, user_id: str | None, channel: str | None) -> bool:
         if user_id is not None and user_id != self.user_id:
@@ -181,6 +279,7 @@ class Hub:
         self.recent: deque[tuple[StoredEvent, bytes]] = deque(maxlen=RECENT_EVENTS)
         self.recent_floor = 0  # every event after this id is in ``recent`` (or was evicted)
         self.draining = False
+        self.farewell: Callable[[], bytes | None] = lambda: None  # the last frame of a drained stream
 
     def subscribe(self, sub: Subscriber) -> None:
         self.everyone.add(sub)
@@ -188,7 +287,7 @@ class Hub:
         for channel in sub.channels:
             self.by_channel.setdefault(channel, set()).add(sub)
         if self.draining:
-            sub.close("drain")
+            sub.close("drain", self.farewell())
 
     def unsubscribe(self, sub: Subscriber) -> None:
         sub.unwatch()
@@ -246,7 +345,7 @@ class Hub:
         """End every stream promptly (deploy, reload, shutdown)."""
         self.draining = True
         for sub in list(self.everyone):
-            sub.close("drain")
+            sub.close("drain", self.farewell())
 
     @property
     def open_streams(self) -> int:

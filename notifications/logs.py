@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import re
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -80,15 +82,85 @@ def _int(value: Any) -> Any:
         return value
 
 
-class RedactingGunicornLogger(Logger):  # type: ignore[misc]
-    """gunicorn's logger, with the request line, path and query redacted in the access log."""
+class AccessAtoms(Mapping[str, Any]):
+    """gunicorn's access-log atoms, computed only when the format asks for them (a stream's
+    connect is cheaper without building every header and environ atom), redacted and with
+    quotes escaped as gunicorn escapes them; an unknown atom is ``-``."""
 
-    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
-        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
-        for key, value in atoms.items():
-            if isinstance(value, str) and (key in ("r", "q", "U", "f") or key.startswith("{")):
-                atoms[key] = redact(value)
-        return atoms
+    _REDACTED = frozenset(("r", "q", "U", "f"))
+
+    def __init__(self, logger: Logger, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        self.logger, self.resp, self.req, self.environ, self.request_time = logger, resp, req, environ, request_time
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._value(key)
+        if isinstance(value, str):
+            if key in self._REDACTED or key.startswith("{"):
+                value = redact(value)
+            return value.replace('"', '\\"')
+        return value
+
+    def _value(self, key: str) -> Any:
+        environ, resp = self.environ, self.resp
+        if key.startswith("{") and len(key) > 3:
+            name, kind = key[1:-2].lower(), key[-1]
+            if kind == "e":
+                return next((str(v) for k, v in environ.items() if k.lower() == name), "-")
+            headers = getattr(self.req, "headers", ()) if kind == "i" else resp.headers
+            return next((v for k, v in headers if k.lower() == name), "-")
+        if key == "s":
+            status = resp.status
+            return status.split(None, 1)[0] if isinstance(status, str) else status
+        if key == "r":
+            return f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"
+        if key == "b":
+            return "-" if getattr(resp, "sent", None) is None else str(resp.sent)
+        simple = _SIMPLE_ATOMS.get(key)
+        if simple is not None:
+            return simple(self)
+        return "-"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_SIMPLE_ATOMS)
+
+    def __len__(self) -> int:
+        return len(_SIMPLE_ATOMS)
+
+
+_SIMPLE_ATOMS: dict[str, Callable[[AccessAtoms], Any]] = {
+    "h": lambda a: a.environ.get("REMOTE_ADDR", "-"),
+    "l": lambda a: "-",
+    "u": lambda a: a.logger._get_user(a.environ) or "-",
+    "t": lambda a: a.logger.now(),
+    "m": lambda a: a.environ.get("REQUEST_METHOD"),
+    "U": lambda a: a.environ.get("PATH_INFO"),
+    "q": lambda a: a.environ.get("QUERY_STRING"),
+    "H": lambda a: a.environ.get("SERVER_PROTOCOL"),
+    "B": lambda a: getattr(a.resp, "sent", None),
+    "f": lambda a: a.environ.get("HTTP_REFERER", "-"),
+    "a": lambda a: a.environ.get("HTTP_USER_AGENT", "-"),
+    "T": lambda a: a.request_time.seconds,
+    "D": lambda a: a.request_time.seconds * 1_000_000 + a.request_time.microseconds,
+    "M": lambda a: a.request_time.seconds * 1000 + a.request_time.microseconds // 1000,
+    "L": lambda a: f"{a.request_time.seconds}.{a.request_time.microseconds:06d}",
+    "p": lambda a: f"<{os.getpid()}>",
+}
+
+
+class RedactingGunicornLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, with the request line, path, query and Referer redacted in the access
+    log, whose atoms are computed lazily (see ``AccessAtoms``)."""
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> Mapping[str, Any]:
+        return AccessAtoms(self, resp, req, environ, request_time)
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        try:
+            self.access_log.info(self.cfg.access_log_format, self.atoms(resp, req, environ, request_time))
+        except Exception:
+            self.error(traceback.format_exc())
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)

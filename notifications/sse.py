@@ -7,6 +7,7 @@ single-line fields, so CR and LF are removed from them.
 
 from __future__ import annotations
 
+import random
 import re
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -34,3 +35,8 @@ def encode(
     if data is not None:
         lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
     return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def jittered(ms: int) -> int:
+    """``ms`` ±50 %, so a crowd of clients does not reconnect in step."""
+    return max(1, int(ms * random.uniform(0.5, 1.5)))
