@@ -326,8 +326,17 @@ class Project(Server):
         with app.app_context():
             return mint_token("bench-user", ttl=86400), mint_token("bench-publisher", publish=("*",), ttl=86400)
 
-    def stream_url(self) -> str:
-        return f"{self.base}{self.stream_path}?token={self.stream_token}"
+    def stream_url(self, token: str | None = None) -> str:
+        return f"{self.base}{self.stream_path}?token={token or self.stream_token}"
+
+    def fresh_tokens(self, n: int) -> list[str]:
+        """``n`` stream tokens of ``n`` different users."""
+        from app import create_app
+        from notifications.cli import mint_token
+
+        app = create_app({"DATABASE_URL": self.database_url, "JWT_SECRET_KEY": self.secret})
+        with app.app_context():
+            return [mint_token(f"bench-user-{i}", ttl=86400) for i in range(n)]
 
     def publish_headers(self) -> list[str]:
         return [f"Authorization: Bearer {self.publish_token}"]
@@ -494,6 +503,17 @@ def churn(server: Server, seconds: float, workers: int = 64) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def churn_cold(server: Project, seconds: float, workers: int = 64) -> dict[str, Any]:
+    """Churn where every connection brings a token the worker has not seen (every browser's
+    first reconnect to a fresh worker after a deploy): JWT verification and Flask each time."""
+    path = RESULTS / "churn-cold-urls.txt"
+    path.write_text("\n".join(server.stream_url(token) for token in server.fresh_tokens(int(seconds * 4000))))
+    return loadgen(
+        server, f"churn {workers} workers x {seconds:g}s, a new token per connection", "-mode", "churn",
+        "-c", str(workers), "-dur", f"{seconds}s", "-until", server.churn_until, "-url-file", str(path), "-q",
+    )  # fmt: skip
+
+
 def storm(server: Project, streams: int, behind: int = 100) -> dict[str, Any]:
     status, first = http("POST", server.publish_url(), {"event": "bench-marker", "data": {}}, server.publish_token)
     assert status == 201, first
@@ -585,7 +605,7 @@ def soak(server: Project, streams: int, rate: float, seconds: float, warmup: flo
 
 
 STREAM_PHASES = ("idle", "series", "1k_10", "1k_50", "100_100", "churn")
-PROJECT_PHASES = ("storm", "publish", "publish_many")
+PROJECT_PHASES = ("churn_cold", "storm", "publish", "publish_many")
 ALL_PHASES = (*STREAM_PHASES, *PROJECT_PHASES, "soak")
 
 
@@ -706,6 +726,16 @@ def targets(r: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
             ch["rate"] >= 1500 and ch["error_count"] == 0,
             ">= 1,500",
             "Nchan >= 9,000, Flask 1,300-1,450",
+        )
+    if "churn_cold" in r:
+        ch = r["churn_cold"]
+        add(
+            "(4) new streams per second, a new token each (cold cache)",
+            ch["rate"],
+            "/s",
+            ch["error_count"] == 0,
+            "0 errors",
+            "Flask 1,300-1,450 (no auth)",
         )
     if "publish" in r:
         p = r["publish"]
@@ -944,6 +974,8 @@ def main() -> int:
             project.start()
             try:
                 r = run_streams_suite(project, args.quick, only)
+                if "churn_cold" in only:
+                    r["churn_cold"] = churn_cold(project, 3 if args.quick else 10)
                 if "storm" in only:
                     r["storm"] = storm(project, 1000 if args.quick else 5000)
                 secs = 3 if args.quick else 10

@@ -31,6 +31,7 @@ func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
 var (
 	fMode     = flag.String("mode", "fanout", "fanout | churn | storm")
 	fURL      = flag.String("url", "", "stream URL (http://host:port/path?query)")
+	fURLFile  = flag.String("url-file", "", "churn: stream URLs, one per line, used in turn (say, one token each)")
 	fHeaders  multi
 	fN        = flag.Int("c", 100, "streams (churn: concurrent workers)")
 	fRamp     = flag.Float64("ramp", 2000, "new streams per second while connecting (0: no limit)")
@@ -423,11 +424,25 @@ func parseInts(s string) []int {
 // ---------------------------------------------------------------------------------- churn
 
 func runChurn() map[string]interface{} {
-	tgt, err := newTarget(*fURL, fHeaders, "")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "loadgen:", err)
-		os.Exit(2)
+	urls := []string{*fURL}
+	if *fURLFile != "" {
+		raw, err := os.ReadFile(*fURLFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(2)
+		}
+		urls = strings.Fields(string(raw))
 	}
+	targets := make([]*target, len(urls))
+	for i, u := range urls {
+		tgt, err := newTarget(u, fHeaders, "")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(2)
+		}
+		targets[i] = tgt
+	}
+	var next int64
 	var done int64
 	var errs errCounter
 	var lat latHist
@@ -441,6 +456,7 @@ func runChurn() map[string]interface{} {
 			defer wg.Done()
 			for time.Now().Before(deadline) {
 				d0 := time.Now()
+				tgt := targets[int(atomic.AddInt64(&next, 1)-1)%len(targets)]
 				c, err := tgt.open(10 * time.Second)
 				if err != nil {
 					errs.add("open: " + shortErr(err))
@@ -479,6 +495,7 @@ func runChurn() map[string]interface{} {
 		"workers": *fN, "completed": done, "seconds": round2(wall),
 		"rate": round2(float64(done) / wall), "latency": lat.summary(),
 		"errors": errs.snapshot(), "error_count": atomic.LoadInt64(&errs.n), "until": *fUntil,
+		"urls": len(targets),
 	}
 	if cpuA >= 0 && cpuB >= 0 {
 		sec := float64(cpuB-cpuA) / userHZ

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import pg
 from tests.support.publisher import Publisher
-from tests.support.server import GunicornServer, wait_until_serving
+from tests.support.server import GunicornServer, serving
 from tests.support.sse_client import SSEClient
 from tests.support.tokens import mint
 
@@ -73,17 +73,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GunicornServer]:
     """A real gunicorn with 2 gevent workers; ready when both workers deliver a published event."""
-    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    srv = GunicornServer(database_url, jwt_secret, log, env=server_env)
-    try:
-        srv.start()
-        wait_until_serving(srv, publisher)
-        yield srv
-    except BaseException:
-        print(srv.log_tail())
-        raise
-    finally:
-        srv.stop()
+    yield from serving("gunicorn", database_url, jwt_secret, publisher, tmp_path_factory, env=server_env)
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from .sse_client import STREAM_PATH, SSEClient
 
@@ -165,12 +166,15 @@ class GunicornServer:
         headers: Mapping[str, str] | None = None,
         name: str = "",
         path: str = STREAM_PATH,
+        http_version: str = "1.1",
     ) -> SSEClient:
         """Open a stream; ``token`` goes in ``?token=`` unless already in params/headers."""
         items = list(params.items()) if isinstance(params, Mapping) else list(params or ())
         if token is not None:
             items.insert(0, ("token", token))
-        return SSEClient(self.host, self.port, path=path, params=items, headers=headers, name=name)
+        return SSEClient(
+            self.host, self.port, path=path, params=items, headers=headers, name=name, http_version=http_version
+        )
 
     # ------------------------------------------------------------------ processes
 
@@ -267,3 +271,26 @@ def wait_until_serving(
     finally:
         for c in clients:
             c.close()
+
+
+def serving(
+    name: str,
+    database_url: str,
+    jwt_secret: str,
+    publisher: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    **options: Any,
+) -> Iterator[GunicornServer]:
+    """Start a ``GunicornServer(**options)``, yield it once every worker serves, stop it after
+    (printing its log if the module failed): the body of a module-scoped server fixture."""
+    log = tmp_path_factory.mktemp(name) / "gunicorn.log"
+    srv = GunicornServer(database_url, jwt_secret, log, **options)
+    try:
+        srv.start()
+        wait_until_serving(srv, publisher)
+        yield srv
+    except BaseException:
+        print(srv.log_tail())
+        raise
+    finally:
+        srv.stop()

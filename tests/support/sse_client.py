@@ -1,9 +1,9 @@
 """A real Server-Sent Events client over a raw socket, for tests.
 
-It speaks HTTP/1.1 itself (so it sees the exact bytes the server sends, chunked or not), parses
-the body incrementally per the WHATWG "event stream interpretation" rules, and keeps both the
-raw body and every parsed message with its arrival time. One reader thread per client; every
-public method is safe to call from any thread.
+It speaks HTTP/1.1 itself, or HTTP/1.0 with ``http_version="1.0"`` (so it sees the exact bytes the
+server sends, chunked or not), parses the body incrementally per the WHATWG "event stream
+interpretation" rules, and keeps both the raw body and every parsed message with its arrival
+time. One reader thread per client; every public method is safe to call from any thread.
 
 Parsing rules (https://html.spec.whatwg.org/multipage/server-sent-events.html):
 lines end with CRLF, LF or CR; a blank line dispatches; a line starting with ``:`` is a comment;
@@ -226,6 +226,7 @@ class SSEClient:
         headers: Mapping[str, str] | None = None,
         connect_timeout: float = 5.0,
         name: str = "",
+        http_version: str = "1.1",
     ) -> None:
         self.host = host
         self.port = port
@@ -250,7 +251,7 @@ class SSEClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.local_address: tuple[str, int] = self.sock.getsockname()[:2]
         lines = [
-            f"GET {self.target} HTTP/1.1",
+            f"GET {self.target} HTTP/{http_version}",
             f"Host: {host}:{port}",
             "Accept: text/event-stream",
             "Cache-Control: no-cache",
