@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import traceback
-from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -82,76 +81,62 @@ def _int(value: Any) -> Any:
         return value
 
 
-class AccessAtoms(Mapping[str, Any]):
-    """gunicorn's access-log atoms, computed only when the format asks for them (a stream's
-    connect is cheaper without building every header and environ atom), redacted and with
-    quotes escaped as gunicorn escapes them; an unknown atom is ``-``."""
+class AccessAtoms(dict[str, Any]):
+    """gunicorn's access-log atoms, redacted and with quotes escaped as gunicorn escapes them.
 
-    _REDACTED = frozenset(("r", "q", "U", "f"))
+    The plain atoms are built at once; header and environ atoms (``{name}i``, ``{name}o``,
+    ``{name}e``) only when the format asks for one, instead of one per header and environ key on
+    every request (most of the cost of a stream's connect); an unknown atom is ``-``."""
 
     def __init__(self, logger: Logger, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
-        self.logger, self.resp, self.req, self.environ, self.request_time = logger, resp, req, environ, request_time
+        self.resp, self.req, self.environ = resp, req, environ
+        status = resp.status
+        elapsed_us = request_time.seconds * 1_000_000 + request_time.microseconds
+        sent = getattr(resp, "sent", None)
+        get = environ.get
+        super().__init__(
+            h=get("REMOTE_ADDR", "-"),
+            l="-",
+            t=logger.now(),
+            r=_quoted(redact(f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}")),
+            s=status.split(None, 1)[0] if isinstance(status, str) else status,
+            m=get("REQUEST_METHOD"),
+            U=_quoted(redact(get("PATH_INFO") or "")),
+            q=_quoted(redact(get("QUERY_STRING") or "")),
+            H=get("SERVER_PROTOCOL"),
+            b="-" if sent is None else str(sent),
+            B=sent,
+            f=_quoted(redact(get("HTTP_REFERER", "-"))),
+            a=_quoted(get("HTTP_USER_AGENT", "-")),
+            T=request_time.seconds,
+            D=elapsed_us,
+            M=elapsed_us // 1000,
+            L=f"{request_time.seconds}.{request_time.microseconds:06d}",
+            p=f"<{os.getpid()}>",
+        )
+        self["u"] = logger._get_user(environ) or "-" if "HTTP_AUTHORIZATION" in environ else "-"
 
-    def __getitem__(self, key: str) -> Any:
-        value = self._value(key)
-        if isinstance(value, str):
-            if key in self._REDACTED or key.startswith("{"):
-                value = redact(value)
-            return value.replace('"', '\\"')
-        return value
-
-    def _value(self, key: str) -> Any:
-        environ, resp = self.environ, self.resp
-        if key.startswith("{") and len(key) > 3:
-            name, kind = key[1:-2].lower(), key[-1]
-            if kind == "e":
-                return next((str(v) for k, v in environ.items() if k.lower() == name), "-")
-            headers = getattr(self.req, "headers", ()) if kind == "i" else resp.headers
-            return next((v for k, v in headers if k.lower() == name), "-")
-        if key == "s":
-            status = resp.status
-            return status.split(None, 1)[0] if isinstance(status, str) else status
-        if key == "r":
-            return f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"
-        if key == "b":
-            return "-" if getattr(resp, "sent", None) is None else str(resp.sent)
-        simple = _SIMPLE_ATOMS.get(key)
-        if simple is not None:
-            return simple(self)
-        return "-"
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_SIMPLE_ATOMS)
-
-    def __len__(self) -> int:
-        return len(_SIMPLE_ATOMS)
+    def __missing__(self, key: str) -> Any:
+        if not (key.startswith("{") and len(key) > 3):
+            return "-"
+        name, kind = key[1:-2].lower(), key[-1]
+        if kind == "e":
+            found = next((str(v) for k, v in self.environ.items() if k.lower() == name), "-")
+        else:
+            headers = getattr(self.req, "headers", ()) if kind == "i" else self.resp.headers
+            found = next((v for k, v in headers if k.lower() == name), "-")
+        return _quoted(redact(found))
 
 
-_SIMPLE_ATOMS: dict[str, Callable[[AccessAtoms], Any]] = {
-    "h": lambda a: a.environ.get("REMOTE_ADDR", "-"),
-    "l": lambda a: "-",
-    "u": lambda a: a.logger._get_user(a.environ) or "-",
-    "t": lambda a: a.logger.now(),
-    "m": lambda a: a.environ.get("REQUEST_METHOD"),
-    "U": lambda a: a.environ.get("PATH_INFO"),
-    "q": lambda a: a.environ.get("QUERY_STRING"),
-    "H": lambda a: a.environ.get("SERVER_PROTOCOL"),
-    "B": lambda a: getattr(a.resp, "sent", None),
-    "f": lambda a: a.environ.get("HTTP_REFERER", "-"),
-    "a": lambda a: a.environ.get("HTTP_USER_AGENT", "-"),
-    "T": lambda a: a.request_time.seconds,
-    "D": lambda a: a.request_time.seconds * 1_000_000 + a.request_time.microseconds,
-    "M": lambda a: a.request_time.seconds * 1000 + a.request_time.microseconds // 1000,
-    "L": lambda a: f"{a.request_time.seconds}.{a.request_time.microseconds:06d}",
-    "p": lambda a: f"<{os.getpid()}>",
-}
+def _quoted(value: str) -> str:
+    return value.replace('"', '\\"')
 
 
 class RedactingGunicornLogger(Logger):  # type: ignore[misc]
     """gunicorn's logger, with the request line, path, query and Referer redacted in the access
-    log, whose atoms are computed lazily (see ``AccessAtoms``)."""
+    log, whose header and environ atoms are computed only when asked for (see ``AccessAtoms``)."""
 
-    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> Mapping[str, Any]:
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         return AccessAtoms(self, resp, req, environ, request_time)
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
@@ -164,6 +149,9 @@ class RedactingGunicornLogger(Logger):  # type: ignore[misc]
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
+        # In a gevent worker every request's greenlet counts as a thread: looking it up for each
+        # log record builds a dummy thread per request and names nothing useful.
+        logging.logThreads = False
         json_lines = os.environ.get("LOG_FORMAT", "").lower() == "json"
         for handler in (*self.error_log.handlers, *self.access_log.handlers):
             handler.addFilter(RedactingFilter())

@@ -129,10 +129,8 @@ class StreamSession:
         write = start_response("200 OK", headers)
         self._begin()
         try:
-            write(encode(retry=jittered(self.state.settings.retry_ms)))
-            head = self._connect()
-            if head:
-                write(head)
+            for block in self._opening():
+                write(block)
             while self.sub.early:  # events that arrived meanwhile, until none is waiting
                 fresh = self.sub.take_early()
                 if fresh:
@@ -173,10 +171,7 @@ class StreamSession:
         sub = self.sub
         self._begin()
         try:
-            yield encode(retry=jittered(self.state.settings.retry_ms))
-            head = self._connect()
-            if head:
-                yield head
+            yield from self._opening()
             while sub.early:
                 fresh = sub.take_early()
                 if fresh:
@@ -205,6 +200,19 @@ class StreamSession:
             yield b"".join(sub.take())
         finally:
             self._end()
+
+    def _opening(self) -> Iterator[bytes]:
+        """``retry:``, the reset, the connect message and the replay: in one piece when nothing
+        is read from the database, else ``retry:`` first, so the browser's ``open`` never waits
+        for a query."""
+        retry = encode(retry=jittered(self.state.settings.retry_ms))
+        if self.last_id is None:
+            yield retry + self._connect()
+            return
+        yield retry
+        head = self._connect()
+        if head:
+            yield head
 
     def _failed(self) -> None:
         log.exception("stream failed")

@@ -3,6 +3,7 @@ the way it was sent: query string, bearer header, cookie, ticket, Referer, a mal
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -94,3 +95,27 @@ def test_token_in_the_referer_is_redacted(server, token, user):
     wait_for_log(server, lambda _: "app.example.com/page" in watch.since())
     leaked = [ln for ln in watch.since().splitlines() if secret.rsplit(".", 1)[1] in ln]
     assert not leaked, "a token in the Referer reaches the access log:\n" + "\n".join(leaked)
+
+
+def test_json_access_lines_carry_their_fields_redacted(server_factory, token, user):
+    """``LOG_FORMAT=json``: every access line is a JSON object with the request's fields (a
+    stream's line written once it is live, a plain request's when it ends), the token redacted."""
+    srv = server_factory.start({"LOG_FORMAT": "json"}, name="json-log")
+    secret = token(user, jti=os.urandom(8).hex())
+    with srv.stream(secret) as s:
+        s.wait_connected()
+    assert request(srv, "GET", "/healthz").status == 200
+
+    def access_lines(text: str) -> list[dict]:
+        lines = [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+        return [e for e in lines if e.get("logger") == "gunicorn.access"]
+
+    log = wait_for_log(srv, lambda text: len(access_lines(text)) >= 2)
+    assert secret.rsplit(".", 1)[1] not in log, "the token reaches the JSON log"
+    by_path = {e["path"]: e for e in access_lines(log)}
+    stream = by_path[STREAM]
+    assert (stream["method"], stream["status"], stream["query"]) == ("GET", 200, "token=[redacted]"), stream
+    assert stream["remote"] == "127.0.0.1" and "notifications-tests" in stream["agent"], stream
+    assert isinstance(stream["bytes"], int) and stream["bytes"] > 0, stream
+    health = by_path["/healthz"]
+    assert (health["method"], health["status"], health["query"]) == ("GET", 200, ""), health
