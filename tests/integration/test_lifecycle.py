@@ -6,8 +6,7 @@ import signal
 
 import pytest
 
-from tests.integration.conftest import wait_until_serving
-from tests.support.server import GunicornServer
+from tests.support.server import GunicornServer, wait_until_serving
 from tests.support.tokens import mint
 
 
