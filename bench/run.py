@@ -793,6 +793,8 @@ def _phases(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 def generator_cpu(r: dict[str, Any]) -> dict[str, Any]:
     phases = _phases(r)
+    if not phases:
+        return {"max_cpu_pct": None, "phase": "no load-generator phase", "by_phase": {}}
     worst = max(phases, key=lambda p: p["generator"]["cpu_pct"])
     return {"max_cpu_pct": worst["generator"]["cpu_pct"], "phase": worst["label"],
             "by_phase": {p["label"]: p["generator"]["cpu_pct"] for p in phases}}  # fmt: skip

@@ -100,7 +100,7 @@ def serialize(data: Any, max_bytes: int = 65536) -> str:
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data is not JSON-serialisable: {exc}") from exc
-    if _contains_nul(data):
+    if "\\u0000" in text and _contains_nul(data):  # JSON writes a NUL as \u0000: look closer only then
         raise ValueError("data contains a NUL character, which PostgreSQL cannot store")
     size = len(text.encode("utf-8"))
     if size > max_bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,8 +16,8 @@ import gevent
 import gevent.lock
 from flask import Flask, current_app
 from flask_jwt_extended import JWTManager
-from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from . import config as config_module
@@ -64,14 +65,19 @@ class State:
     @property
     def store(self) -> EventStore:
         if self._store is None:
-            self._store = EventStore(self._make_engine(self.database_url), self.names)
+            self._store = EventStore(
+                self._make_engine(self.database_url),
+                self.names,
+                autocommit=self._make_engine(self.database_url, isolation_level="AUTOCOMMIT"),
+            )
         return self._store
 
     def _make_engine(self, url: str, **options: Any) -> Engine:
         options.setdefault("pool_size", self.settings.pool_size)
         options.setdefault("max_overflow", self.settings.pool_size)
-        options.setdefault("pool_pre_ping", True)
-        return create_engine(url, **options)
+        engine = create_engine(url, **options)
+        ping_when_idle(engine)
+        return engine
 
     @property
     def verified_tokens(self) -> VerifiedTokens:
@@ -240,6 +246,30 @@ def _configure_jwt(app: Flask) -> None:
     app.config.setdefault("JWT_VERIFY_SUB", False)  # ``sub`` may be a number; compared as a string
     if "flask-jwt-extended" not in app.extensions:
         JWTManager(app)
+
+
+IDLE_PING_AFTER = 1.0
+
+
+def ping_when_idle(engine: Engine, after: float = IDLE_PING_AFTER) -> None:
+    """Check a pooled connection before use if it sat idle for ``after`` seconds (a restarted
+    database leaves dead connections in the pool), and hand out another if it is dead: like
+    ``pool_pre_ping``, without a round trip per publish when connections are busy."""
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < after:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("the pooled connection is dead") from exc
+
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "checkout", checkout)
 
 
 def get_state(app: Flask | None = None) -> State:

@@ -54,7 +54,7 @@ def _compact(value: Any) -> str:
 class EventStore:
     """Reads and writes the events table through one SQLAlchemy engine."""
 
-    def __init__(self, engine: Engine, names: Names | None = None) -> None:
+    def __init__(self, engine: Engine, names: Names | None = None, autocommit: Engine | None = None) -> None:
         self.engine = engine
         self.names = names = names or Names()
         tables = define_tables(names=names)
@@ -74,7 +74,9 @@ class EventStore:
             "doorbell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
             "SELECT ins.id FROM ins, doorbell ORDER BY ins.id"
         )
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
+        # its connections there, instead of switching a shared connection at every checkout.
+        self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
         cols = self.events.c
         self._since = (
             select(

@@ -163,3 +163,25 @@ def test_half_open_listener_connection_is_detected(launch, app, database_url, le
     with swarm.lock:
         dropped = [c.index for c in clients if c.connections != 1]
     assert not dropped, f"streams were dropped by a listener loss: {dropped[:10]}"
+
+
+def test_first_publish_after_a_database_restart_succeeds(app, cluster):
+    """The pool still holds connections from before the restart: the first publish afterwards
+    must find them dead (they sat idle past the ping threshold) and use a fresh one, not fail."""
+    if cluster.embedded is None:
+        pytest.skip("needs the suite's own PostgreSQL cluster (DATABASE_URL is set)")
+    from notifications.extension import IDLE_PING_AFTER, get_state
+
+    with app.app_context():
+        before = int(publish("chaos", {"restart": "before"}))
+        checked_in = time.monotonic()
+        cluster.stop("fast")
+        cluster.start()
+        # The pooled connection must have been idle past the threshold: that is the case tested.
+        while time.monotonic() - checked_in < IDLE_PING_AFTER:
+            time.sleep(0.05)
+        after = int(publish("chaos", {"restart": "after"}))
+        assert after > before
+        with get_state(app).store.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT count(*) FROM notification_events WHERE event = 'chaos'").scalar()
+        assert rows == 2
