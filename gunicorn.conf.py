@@ -1,7 +1,8 @@
 """gunicorn settings for the notifications service: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
 Environment overrides: ``PORT`` (8000), ``WEB_CONCURRENCY`` (2 workers),
-``WORKER_CONNECTIONS`` (10000 streams per worker). ``--bind`` and ``-w`` on the command line
+``WORKER_CONNECTIONS`` (10000 requests in progress per worker; a live plain-HTTP stream
+leaves gunicorn's pool, see notifications/stream.py). ``--bind`` and ``-w`` on the command line
 still win. Never use ``--preload``: engines and the listener must be created after the fork.
 """
 

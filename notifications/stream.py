@@ -229,7 +229,7 @@ class StreamSession:
         metrics.OPEN_STREAMS.inc()
         self.opened = time.monotonic()
         self.next_beat = self.opened + self.state.settings.heartbeat_interval
-        self._log("stream opened")
+        self._log(logging.DEBUG, "stream opened")  # the access line says so already
 
     def _end(self) -> None:
         """Once, however the stream ends: unsubscribe, release its slot, count and log it."""
@@ -246,7 +246,7 @@ class StreamSession:
         metrics.STREAMS_CLOSED.labels(reason).inc()
         duration = time.monotonic() - opened
         metrics.STREAM_DURATION.observe(duration)
-        self._log("stream closed", duration=round(duration, 3), events=self.sub.sent, reason=reason)
+        self._log(logging.INFO, "stream closed", duration=round(duration, 3), events=self.sub.sent, reason=reason)
 
     def release(self) -> None:
         """Give the stream's slot back (once; also for a stream that never ran, like a HEAD)."""
@@ -254,12 +254,12 @@ class StreamSession:
         if lease is not None:
             self.state.limits.release(lease)
 
-    def _log(self, message: str, **details: Any) -> None:
-        if not log.isEnabledFor(logging.INFO):
+    def _log(self, level: int, message: str, **details: Any) -> None:
+        if not log.isEnabledFor(level):
             return
         fields = {"user": self.sub.user_id, "channels": sorted(self.sub.channels), **details}
         text = " ".join(f"{key}={value}" for key, value in fields.items())
-        log.info("%s %s", message, text, extra={"stream": fields})
+        log.log(level, "%s %s", message, text, extra={"stream": fields})
 
     def _log_access(self, environ: dict[str, Any], start_response: StartResponse) -> None:
         """gunicorn logs a request when its greenlet finishes it; a detached stream's greenlet
