@@ -51,14 +51,6 @@ def hooked_server(
 
 
 @pytest.fixture
-def clients() -> Iterator[list[SSEClient]]:
-    opened: list[SSEClient] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
-@pytest.fixture
 def fresh(token: Callable[..., str], user: str) -> Callable[..., str]:
     """``fresh(sub=user)``: a token no worker has seen yet."""
 

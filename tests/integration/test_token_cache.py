@@ -59,14 +59,6 @@ def on_every_worker(srv: GunicornServer, token: str, clients: list[SSEClient]) -
     return opened
 
 
-@pytest.fixture
-def clients() -> Iterator[list[SSEClient]]:
-    opened: list[SSEClient] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
 def test_reconnecting_many_times_with_one_token_keeps_working(
     server: GunicornServer, token: Callable[..., str], user: str, publisher: Publisher
 ) -> None:
