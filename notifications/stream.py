@@ -141,23 +141,13 @@ class StreamSession:
             raise
         except Exception:
             self._failed()
-            try:
-                write(b"".join(self.sub.take()))
-            finally:
-                self._end()
-            return []
+            return self._finish_through_server(write)
         except BaseException:
             self._end()
             raise
         if self.sub.closed:  # drained or too slow while connecting: end it the ordinary way
-            frames = self.sub.take()
-            try:
-                if frames:
-                    write(b"".join(frames))
-            finally:
-                self._end()
             self._end_keepalive(server_socket(environ))
-            return []
+            return self._finish_through_server(write)
         owned = _socket.socket(fileno=server_socket(environ).detach())
         owned.setblocking(False)
         self.sub.on_close = self._end
@@ -165,6 +155,16 @@ class StreamSession:
         self._arm()
         self._log_access(environ, start_response)
         raise StopIteration("stream detached from its greenlet")
+
+    def _finish_through_server(self, write: Callable[[bytes], Any]) -> list[bytes]:
+        """Write what is queued (the last frame) and end; gunicorn then ends the chunked body."""
+        frames = self.sub.take()
+        try:
+            if frames:
+                write(b"".join(frames))
+        finally:
+            self._end()
+        return []
 
     def run(self) -> Iterator[bytes]:
         """The attached stream: every byte is yielded to the server."""

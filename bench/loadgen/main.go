@@ -317,15 +317,7 @@ func runFanout() map[string]interface{} {
 		}
 		drainS := time.Since(d0).Seconds()
 		cpuB := cpuTicks(*fCPUPid)
-		atomic.StoreInt32(&closing, 1)
-		connMu.Lock()
-		for _, c := range conns {
-			if c != nil {
-				c.close()
-			}
-		}
-		connMu.Unlock()
-		wg.Wait()
+		closeAll(&closing, conns, &connMu, &wg)
 		var lost, dups, deliveries, droppedStreams int64
 		okSeqs := pub.lastSeq
 		for _, s := range streams {
@@ -377,15 +369,7 @@ func runFanout() map[string]interface{} {
 			out["server_cpu"] = c
 		}
 	} else {
-		atomic.StoreInt32(&closing, 1)
-		connMu.Lock()
-		for _, c := range conns {
-			if c != nil {
-				c.close()
-			}
-		}
-		connMu.Unlock()
-		wg.Wait()
+		closeAll(&closing, conns, &connMu, &wg)
 	}
 	out["dropped"] = atomic.LoadInt64(&nDropped)
 	out["error_events"] = atomic.LoadInt64(&nErrEvents)
@@ -578,15 +562,7 @@ func runStorm() map[string]interface{} {
 	}
 	all := time.Since(t0).Seconds()
 	cpuB := cpuTicks(*fCPUPid)
-	atomic.StoreInt32(&closing, 1)
-	connMu.Lock()
-	for _, c := range conns {
-		if c != nil {
-			c.close()
-		}
-	}
-	connMu.Unlock()
-	wg.Wait()
+	closeAll(&closing, conns, &connMu, &wg)
 	var minRecv, maxRecv, dups, wrong int64 = math.MaxInt64, 0, 0, 0
 	for _, s := range streams {
 		if s.received < minRecv {
@@ -610,4 +586,18 @@ func runStorm() map[string]interface{} {
 		out["server_cpu"] = map[string]interface{}{"pid": *fCPUPid, "cpu_s": round2(float64(cpuB-cpuA) / userHZ)}
 	}
 	return out
+}
+
+// closeAll marks the phase as closing (readers then take errors as expected), closes every
+// open connection and waits for their readers to finish.
+func closeAll(closing *int32, conns []*sseConn, mu *sync.Mutex, wg *sync.WaitGroup) {
+	atomic.StoreInt32(closing, 1)
+	mu.Lock()
+	for _, c := range conns {
+		if c != nil {
+			c.close()
+		}
+	}
+	mu.Unlock()
+	wg.Wait()
 }
