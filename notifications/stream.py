@@ -32,9 +32,10 @@ import gevent.socket
 
 from . import metrics
 from .auth import Identity
+from .clock import http_date
 from .events import serialize
 from .extension import State
-from .fanout import Subscriber
+from .fanout import Subscriber, chunked
 from .sse import encode, jittered
 
 log = logging.getLogger("notifications.stream")
@@ -127,10 +128,14 @@ class StreamSession:
             start_response("200 OK", headers)
             return self.run()
         write = start_response("200 OK", headers)
+        response: Any = getattr(start_response, "__self__", None)  # gunicorn's response
         self._begin()
         try:
             for block in self._opening():
-                write(block)
+                if getattr(response, "chunked", False) and not response.headers_sent:
+                    _send_with_head(response, block)
+                else:
+                    write(block)
             while self.sub.early:  # events that arrived meanwhile, until none is waiting
                 fresh = self.sub.take_early()
                 if fresh:
@@ -386,6 +391,23 @@ def _expiring(expires_at: float, now: float) -> bytes:
 
 def _reset(reason: str, at: int) -> bytes:
     return encode(id=at, event="reset", data=serialize({"type": "reset", "reason": reason}))
+
+
+def _send_with_head(response: Any, data: bytes) -> None:
+    """Send gunicorn's status line and headers and the first chunk of the body in one write
+    (gunicorn's ``write`` sends them in two), with the ``Date`` of the current second."""
+    head = [
+        f"HTTP/1.1 {response.status}\r\n",
+        f"Server: {response.version}\r\n",
+        f"Date: {http_date()}\r\n",
+        f"Connection: {'close' if response.should_close() else 'keep-alive'}\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        *(f"{name}: {value}\r\n" for name, value in response.headers),
+        "\r\n",
+    ]
+    response.headers_sent = True
+    response.sent += len(data)
+    response.sock.sendall("".join(head).encode("latin-1") + chunked(data))
 
 
 def stream_headers(extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -111,6 +112,24 @@ def test_second_connection_has_the_same_head_and_messages_as_the_first(
     assert second.wait_for_id(live).raw == first.wait_for_id(live).raw
     beat = second.wait_for(lambda m: m.type == "heartbeat", timeout=3, what="heartbeat")
     assert beat.raw == f"id: {live}\nevent: heartbeat\ndata: {{}}\n\n".encode()
+
+
+def test_a_live_stream_has_the_server_headers_gunicorn_writes(
+    server: GunicornServer, fresh: Callable[..., str], clients: list[SSEClient]
+) -> None:
+    """A live stream sends its status line and headers with its first chunk, in one write: the
+    same status, headers and order gunicorn writes for a response of its own (a refusal, also
+    200 and chunked), and a ``Date`` of now."""
+    tok = fresh()
+    live = open_on(server, clients, tok, name="live")
+    refused = open_on(server, clients, tok, params={"channels": "news,secret"}, name="refused")
+    assert live.wait_headers() == refused.wait_headers() == 200
+    live.wait_connected()
+    assert [k for k, _ in live.header_list] == [k for k, _ in refused.header_list]
+    assert head(live) == head(refused)
+    assert live.header("Transfer-Encoding") == "chunked" and live.header("Connection") == "keep-alive"
+    sent = parsedate_to_datetime(live.header("Date") or "")
+    assert sent.tzinfo is not None and abs(time.time() - sent.timestamp()) < 30, live.header("Date")
 
 
 REFUSALS: dict[str, tuple[dict[str, str], int]] = {
