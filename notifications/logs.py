@@ -97,15 +97,21 @@ class AccessAtoms(dict[str, Any]):
         elapsed_us = request_time.seconds * 1_000_000 + request_time.microseconds
         sent = getattr(resp, "sent", None)
         get = environ.get
+        uri, query = environ["RAW_URI"], get("QUERY_STRING") or ""
+        clean_query = redact(query)  # where the token is: redacted once for both atoms
+        if query and uri.endswith(query):
+            uri = redact(uri[: len(uri) - len(query)]) + clean_query
+        else:
+            uri = redact(uri)
         super().__init__(
             h=get("REMOTE_ADDR", "-"),
             l="-",
             t=common_log_time(),
-            r=_quoted(redact(f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}")),
+            r=_quoted(f"{environ['REQUEST_METHOD']} {uri} {environ['SERVER_PROTOCOL']}"),
             s=status.split(None, 1)[0] if isinstance(status, str) else status,
             m=get("REQUEST_METHOD"),
             U=_quoted(redact(get("PATH_INFO") or "")),
-            q=_quoted(redact(get("QUERY_STRING") or "")),
+            q=_quoted(clean_query),
             H=get("SERVER_PROTOCOL"),
             b="-" if sent is None else str(sent),
             B=sent,

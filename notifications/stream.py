@@ -46,6 +46,7 @@ CONNECT_MESSAGE = {
     "message": "Connected to notification stream",
     "duration": 5000,
 }
+_CONNECT_DATA = serialize(CONNECT_MESSAGE)
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
@@ -330,7 +331,7 @@ class StreamSession:
                     ]
         if settings.connect_message:
             at = self.sub.cursor if replay_after is None else replay_after
-            head.append(encode(id=at, event="notification", data=serialize(CONNECT_MESSAGE)))
+            head.append(encode(id=at, event="notification", data=_CONNECT_DATA))
         if frames:
             metrics.EVENTS_REPLAYED.inc(len(frames))
             self.sub.sent += len(frames)
