@@ -56,9 +56,9 @@ def _patterns(grant: Any, key: str) -> tuple[str, ...]:
 
 
 class VerifiedTokens:
-    """The identities of the ``?token=`` values this worker has verified, until they expire: a
-    browser reconnects with the same token, and its signature need not be checked again.
-    Bounded (oldest first out); size 0 turns it off."""
+    """The identities of the tokens this worker has verified, until they expire: a browser
+    reconnects with the same ``?token=``, a service publishes with the same ``Bearer`` token, and
+    their signatures need not be checked again. Bounded (oldest first out); size 0 turns it off."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -96,11 +96,10 @@ def authenticate(
 ) -> Identity:
     """Verify the request's JWT; raise ``AccessError`` 401 when it is missing or not valid.
 
-    With ``cache``, a ``?token=`` verified before is not verified again (flask-jwt-extended
-    reads the query string first, so that is the token it would verify)."""
+    With ``cache``, a token verified before is not verified again (see ``_presented_token``)."""
     token = None
-    if cache is not None and cache.size and locations[0] == "query_string":
-        token = request.args.get(current_app.config["JWT_QUERY_STRING_NAME"])
+    if cache is not None and cache.size:
+        token = _presented_token(locations[0])
         known = None if token is None else cache.get(token)
         if known is not None:
             return known
@@ -129,6 +128,19 @@ def authenticate(
     if token is not None and cache is not None:
         cache.put(token, identity)
     return identity
+
+
+def _presented_token(location: str) -> str | None:
+    """The token flask-jwt-extended verifies first, when it is in ``location`` in a plain form:
+    the ``?token=`` parameter, or an ``Authorization: Bearer <token>`` header of that one value."""
+    config = current_app.config
+    if location == "query_string":
+        return request.args.get(config["JWT_QUERY_STRING_NAME"])
+    if location == "headers" and config["JWT_HEADER_TYPE"]:
+        kind, _, token = request.headers.get(config["JWT_HEADER_NAME"], "").partition(" ")
+        if kind == config["JWT_HEADER_TYPE"] and token and not any(c in token for c in ", \t"):
+            return token
+    return None
 
 
 def matches(patterns: Iterable[str], target: str) -> bool:

@@ -121,7 +121,7 @@ def ticket() -> tuple[Response, int]:
     """Trade the real token (header or cookie) for a short-lived, single-use stream ticket."""
     state = get_state()
     try:
-        identity = authenticate(locations=("headers", "cookies"))
+        identity = authenticate(locations=("headers", "cookies"), cache=state.verified_tokens)
     except AccessError as exc:
         return jsonify(exc.as_data()), exc.code
     ttl = state.settings.ticket_ttl
@@ -138,7 +138,7 @@ def ticket() -> tuple[Response, int]:
 def publish_http() -> tuple[Response, int]:
     state = get_state()
     try:
-        identity = authenticate(locations=("headers",))
+        identity = authenticate(locations=("headers",), cache=state.verified_tokens)
     except AccessError as exc:
         return jsonify(exc.as_data()), exc.code
     if not request.is_json:

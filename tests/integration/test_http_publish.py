@@ -9,38 +9,18 @@ stored at all.
 
 from __future__ import annotations
 
-import http.client
-import json
 from typing import Any
 
 import psycopg2
 import pytest
 
 from tests.support import pg
-from tests.support.checks import assert_never_received, delivered_ids
-
-PUBLISH = "/api/notifications/publish"
+from tests.support.checks import assert_never_received, delivered_ids, post
 
 
 @pytest.fixture(scope="module")
 def server_env() -> dict[str, str]:
     return {"NOTIFICATIONS_MAX_PAYLOAD_BYTES": "1024"}
-
-
-def post(server: Any, bearer: str, payload: Any) -> tuple[int, str, Any]:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
-    try:
-        conn.request(
-            "POST",
-            PUBLISH,
-            body=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"},
-        )
-        resp = conn.getresponse()
-        body = resp.read()
-        return resp.status, resp.getheader("Content-Type") or "", json.loads(body)
-    finally:
-        conn.close()
 
 
 def stored_after(database_url: str, after: int) -> list[tuple[int, str]]:

@@ -1,6 +1,7 @@
-"""The verified-token cache (``NOTIFICATIONS_TOKEN_CACHE``): a ``?token=`` verified once by a worker
-is not verified again until its ``exp``, yet an expired token is refused on reconnect, and an app
-with a flask-jwt-extended blocklist gets no cache at all, so a revoked token is refused at once.
+"""The verified-token cache (``NOTIFICATIONS_TOKEN_CACHE``): a ``?token=`` or publishing ``Bearer``
+token verified once by a worker is not verified again until its ``exp``, yet an expired token is
+refused on reconnect or publish, and an app with a flask-jwt-extended blocklist gets no cache at
+all, so a revoked token is refused at once.
 
 * ``server``: the standard service (cache on, its default size).
 * ``blocklist_server``: ``tests.support.blocklist_app`` (a ``token_in_blocklist_loader``).
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checks import assert_refused, delivered_ids
+from tests.support.checks import assert_refused, delivered_ids, post
 from tests.support.publisher import Publisher
 from tests.support.server import GunicornServer, serving
 from tests.support.sse_client import SSEClient
@@ -125,3 +126,43 @@ def test_a_revoked_token_is_refused_on_reconnect_in_an_app_with_a_blocklist(
     with blocklist_server.stream(other, name="not-revoked") as c:
         c.wait_connected()
         c.wait_for_id(publisher.notify("after revocation", user_id=user))
+
+
+def publish_on_every_worker(srv: GunicornServer, bearer: str, user: str) -> None:
+    """Publish with ``bearer`` over many new connections, so every worker has accepted it (and
+    would have remembered the token)."""
+    for _ in range(20 * srv.workers):  # each a new connection: the workers share them out
+        status, _, body = post(srv, bearer, {"event": "warm", "data": {}, "userId": user})
+        assert status == 201, body
+
+
+def test_a_cached_publishing_token_is_refused_once_past_its_exp(
+    server: GunicornServer, token: Callable[..., str], user: str, clients: list[SSEClient]
+) -> None:
+    """A publishing token the workers have accepted (and cached) is refused with 401 once its
+    ``exp`` has passed: the cache does not outlive the token."""
+    exp = math.ceil(time.time()) + 3
+    bearer = token("publisher", ttl=exp - int(time.time()), notifications={"publish": ["*"]})
+    publish_on_every_worker(server, bearer, user)
+    # A stream whose token has the same exp is ended with a 401 at exp: the wait's condition.
+    clock = server.stream(token(user, ttl=exp - int(time.time())), name="clock")
+    clients.append(clock)
+    assert clock.wait_for_event("error", timeout=8).json()["code"] == 401
+    assert time.time() >= exp
+    for i in range(4):
+        status, _, body = post(server, bearer, {"event": "late", "data": {"i": i}, "userId": user})
+        assert status == 401 and "expired" in body["error"], (status, body)
+
+
+def test_a_revoked_publishing_token_is_refused_in_an_app_with_a_blocklist(
+    blocklist_server: GunicornServer, token: Callable[..., str], user: str, revoked_file: Path
+) -> None:
+    """With a ``token_in_blocklist_loader`` the cache is off for publishing too: a token every
+    worker has accepted is refused (401) as soon as its ``jti`` is revoked."""
+    jti = secrets.token_hex(8)
+    bearer = token("publisher", jti=jti, notifications={"publish": ["*"]})
+    publish_on_every_worker(blocklist_server, bearer, user)
+    revoked_file.write_text(jti + "\n")
+    for i in range(4):
+        status, _, body = post(blocklist_server, bearer, {"event": "revoked", "data": {"i": i}, "userId": user})
+        assert status == 401, (status, body)

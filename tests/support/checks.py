@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 from collections.abc import Iterable
@@ -12,6 +13,7 @@ from .sse_client import Message, SSEClient, is_connect_message
 BLOCK = re.compile(rb"id: (\d+)\nevent: ([A-Za-z0-9_.:-]+)\ndata: ([^\r\n]*)\n\n")
 REFUSAL = re.compile(rb"retry: (\d+)\n\nevent: error\ndata: ([^\r\n]*)\n\n")
 RETRY_BLOCK = re.compile(rb"retry: (\d+)\n\n")
+PUBLISH = "/api/notifications/publish"
 
 
 def assert_event_block(msg: Message, event: str, expected_data: Any, event_id: int | None = None) -> None:
@@ -80,3 +82,20 @@ def assert_refused(client: SSEClient, code: int, status: int = 200) -> dict[str,
     assert data["code"] == code, data
     assert isinstance(data["error"], str) and data["error"], data
     return data
+
+
+def post(server: Any, bearer: str, payload: Any) -> tuple[int, str, Any]:
+    """``POST /publish`` with ``Authorization: Bearer``; the status, content type and JSON body."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            PUBLISH,
+            body=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"},
+        )
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, resp.getheader("Content-Type") or "", json.loads(body)
+    finally:
+        conn.close()
