@@ -496,11 +496,13 @@ def fanout(
     return loadgen(server, label, *args)
 
 
-def churn(server: Server, seconds: float, workers: int = 64) -> dict[str, Any]:
-    return loadgen(
-        server, f"churn {workers} workers x {seconds:g}s", "-mode", "churn", "-c", str(workers),
-        "-dur", f"{seconds}s", "-until", server.churn_until, "-q",
-    )  # fmt: skip
+def churn(server: Server, seconds: float, workers: int = 64, warm_up: float = 2) -> dict[str, Any]:
+    """New streams per second; after ``warm_up`` seconds of the same load, not measured, so
+    every server is measured warm whichever phase ran before (a fresh worker is slower at first)."""
+    args = ["-mode", "churn", "-c", str(workers), "-until", server.churn_until, "-q"]
+    if warm_up:
+        loadgen(server, f"churn warm-up {warm_up:g}s", *args, "-dur", f"{warm_up}s")
+    return loadgen(server, f"churn {workers} workers x {seconds:g}s", *args, "-dur", f"{seconds}s")
 
 
 def churn_cold(server: Project, seconds: float, workers: int = 64) -> dict[str, Any]:
