@@ -273,6 +273,8 @@ class Hub:
 
     def __init__(self) -> None:
         self.cursor: int | None = None  # the newest id dispatched; None until the listener starts
+        self.head = 0  # the newest id the database has announced (NOTIFY); ahead of cursor while catching up
+        self.waiting: dict[Subscriber, int] = {}  # subscribed ahead of the cursor, by start id (in order)
         self.everyone: set[Subscriber] = set()
         self.by_user: dict[str, set[Subscriber]] = {}
         self.by_channel: dict[str, set[Subscriber]] = {}
@@ -281,16 +283,36 @@ class Hub:
         self.draining = False
         self.farewell: Callable[[], bytes | None] = lambda: None  # the last frame of a drained stream
 
-    def subscribe(self, sub: Subscriber) -> None:
+    def subscribe(self, sub: Subscriber) -> int:
+        """Route every event after the newest one committed so far to ``sub``; return that id.
+
+        While the worker is still catching up (a burst of events), a new stream starts at the
+        newest id the database has announced, not at the worker's cursor: the events in between
+        were committed before it connected. It waits outside the routing index until the cursor
+        gets there, so the backlog is not walked once more for each new stream."""
+        assert self.cursor is not None
+        start = sub.cursor = max(self.cursor, self.head)
+        if start > self.cursor:
+            self.waiting[sub] = start
+        else:
+            self._route(sub)
+        if self.draining:
+            sub.close("drain", self.farewell())
+        return start
+
+    def _route(self, sub: Subscriber) -> None:
         self.everyone.add(sub)
         self.by_user.setdefault(sub.user_id, set()).add(sub)
         for channel in sub.channels:
             self.by_channel.setdefault(channel, set()).add(sub)
-        if self.draining:
-            sub.close("drain", self.farewell())
+
+    def announce(self, newest: int) -> None:
+        """The database has committed events up to ``newest`` (a NOTIFY payload)."""
+        self.head = max(self.head, newest)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         sub.unwatch()
+        self.waiting.pop(sub, None)
         self.everyone.discard(sub)
         _discard(self.by_user, sub.user_id, sub)
         for channel in sub.channels:
@@ -298,7 +320,7 @@ class Hub:
 
     def start(self, cursor: int) -> None:
         if self.cursor is None:
-            self.cursor = cursor
+            self.cursor = self.head = cursor
             self.recent_floor = cursor
 
     def dispatch(self, events: Iterable[StoredEvent]) -> None:
@@ -306,6 +328,12 @@ class Hub:
         delivered = 0
         now = time.time()
         for event in events:
+            while self.waiting:  # streams that start before this event join the routing index
+                sub, start = next(iter(self.waiting.items()))
+                if start >= event.id:
+                    break
+                del self.waiting[sub]
+                self._route(sub)
             frame = encode(id=event.id, event=event.name, data=event.data)
             chunk = chunked(frame)
             if event.channel is None:
@@ -344,12 +372,12 @@ class Hub:
     def drain(self) -> None:
         """End every stream promptly (deploy, reload, shutdown)."""
         self.draining = True
-        for sub in list(self.everyone):
+        for sub in [*self.everyone, *self.waiting]:
             sub.close("drain", self.farewell())
 
     @property
     def open_streams(self) -> int:
-        return len(self.everyone)
+        return len(self.everyone) + len(self.waiting)
 
 
 def _discard(index: dict[str, set[Subscriber]], key: str, sub: Subscriber) -> None:
@@ -421,8 +449,7 @@ class Listener:
         while True:
             readable, _, _ = gselect.select([raw], [], [], self.probe_interval)
             if readable:
-                raw.poll()
-                raw.notifies.clear()
+                self._take_notifies(raw)
             # One query per wake-up; when quiet it is the probe that proves the link alive.
             with gevent.Timeout(max(self.probe_interval, 1.0) * 2):
                 self._catch_up(conn)
@@ -436,6 +463,15 @@ class Listener:
             self.hub.dispatch(events)
             if len(events) < BATCH:
                 return
+            self._take_notifies(conn.connection.dbapi_connection)  # a burst: keep the head current
+
+    def _take_notifies(self, raw: Any) -> None:
+        """Read the doorbells that arrived; each names the newest id its transaction committed."""
+        raw.poll()
+        for note in raw.notifies:
+            if note.payload.isdigit():
+                self.hub.announce(int(note.payload))
+        raw.notifies.clear()
 
 
 def _short(exc: BaseException) -> str:

@@ -96,6 +96,7 @@ class StreamSession:
         "reason",
         "lease",
         "opened",
+        "live_from",
     )
 
     def __init__(
@@ -120,6 +121,7 @@ class StreamSession:
         self.next_beat = 0.0
         self.timer: Any = None
         self.opened: float | None = None
+        self.live_from = 0  # the id after which the subscription delivers every event
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -229,7 +231,7 @@ class StreamSession:
     # -- start and end ----------------------------------------------------------------------
 
     def _begin(self) -> None:
-        self.state.hub.subscribe(self.sub)
+        self.live_from = self.state.hub.subscribe(self.sub)  # every later event comes through it
         self.sub.watch_disconnect()
         metrics.STREAMS_OPENED.inc()
         metrics.OPEN_STREAMS.inc()
@@ -296,8 +298,7 @@ class StreamSession:
         """The reset (if any), the connect message and the replay of what was missed."""
         hub, store, settings = self.state.hub, self.state.store, self.state.settings
         assert hub.cursor is not None
-        live_from = hub.cursor  # every event after this arrives through the subscription
-        self.sub.cursor = live_from
+        live_from = self.live_from
         replay_after: int | None = None
         head: list[bytes] = []
         if self.last_id is not None:
@@ -323,7 +324,8 @@ class StreamSession:
                 if replay_after < pruned:
                     head.append(_reset("history-expired", pruned))
                     replay_after = pruned
-                frames = hub.replay_from_memory(replay_after, self.sub)
+                # Memory holds what the worker has dispatched: not enough while it catches up.
+                frames = hub.replay_from_memory(replay_after, self.sub) if hub.cursor >= live_from else None
                 if frames is None:
                     frames = [
                         (e.id, encode(id=e.id, event=e.name, data=e.data))

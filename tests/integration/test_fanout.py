@@ -72,3 +72,23 @@ def test_concurrent_publishers_every_stream_gets_everything_in_id_order(
         c.wait_for_id(expected[-1], timeout=15)
         got = delivered_ids(c, after=start)
         assert got == expected, f"{c.name}: missing {sorted(set(expected) - set(got))}, order {got}"
+
+
+def test_streams_opened_during_a_burst_get_every_event_after_their_connect_message_once(
+    server, open_stream, token, user, publisher
+):
+    """100,000 events in one transaction keep each worker dispatching for a while; streams that
+    connect meanwhile start at the newest announced id (the burst was committed before they
+    connected) and then get every later event of theirs exactly once, in order, on both workers."""
+    reader = f"{user}-burst"
+    ids = publisher.call(
+        "publish_many", [{"event": "burst", "data": {"i": i}, "user_id": reader} for i in range(100_000)]
+    )
+    clients = [open_stream(token(reader), name=f"during-{i}") for i in range(8)]
+    starts = {c.name: int(c.wait_connected(timeout=30).id or 0) for c in clients}
+    after = [publisher.publish("after", {"n": n}, user_id=reader) for n in range(3)]
+    for c in clients:
+        c.wait_for_id(after[-1], timeout=60)
+        expected = [int(i) for i in ids if int(i) > starts[c.name]] + after
+        got = delivered_ids(c, after=starts[c.name])
+        assert got == expected, f"{c.name} from {starts[c.name]}: {len(got)} events, expected {len(expected)}"

@@ -63,6 +63,9 @@ def test_no_token_or_ticket_in_the_log(server, clients, token, user, publisher):
     assert publish(server, keep("publish-refused", token(user)), {"event": "x", "data": 1}).status == 403
     assert publish(server, keep("publish-invalid", jwts.tamper_signature(token(user))),
                    {"event": "x", "data": 1}).status == 401
+    # a token in the path as well as in the query (the access line redacts each part)
+    in_path, after_path = keep("in-path", token(user)), keep("after-path", token(user))
+    assert request(server, "GET", f"/api/notifications/jwt={in_path}?token={after_path}").status == 404
     # requests gunicorn itself rejects, with a token in them
     r = request(server, "GET", f"{STREAM}?token={keep('too-long', token(user))}&pad={'p' * 9000}")
     assert 400 <= r.status < 500
