@@ -366,6 +366,31 @@ class Project(Server):
                 return int(float(line.split()[-1]))
         return 0
 
+    def settle(self, timeout: float = 300) -> float:
+        """Seconds until the worker has dispatched everything published so far: a marker event
+        published now reaches a probe stream (after ``publish_many`` the listener is still
+        working through a backlog of hundreds of thousands of events)."""
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as probe:
+            probe.sendall(f"GET {self.stream_path}?token={self.stream_token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            seen = b""
+            while b"\nevent: notification\n" not in seen:  # the connect message: the probe is live
+                seen = seen[-64:] + _recv(probe)
+            status, body = http("POST", self.publish_url(), {"event": "bench-settled", "data": {}}, self.publish_token)
+            assert status == 201, body
+            marker = f"id: {body['id']}\nevent: bench-settled".encode()
+            while marker not in seen:
+                seen = seen[-256:] + _recv(probe)
+        self.wait_idle()
+        return round(time.monotonic() - t0, 2)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionError("the server closed the probe stream")
+    return data
+
 
 class FlaskReference(Server):
     name = "flask-gevent-ref"
@@ -988,6 +1013,7 @@ def main() -> int:
                 if "publish_many" in only:
                     r["publish_many"] = publish_throughput(project, 1, secs, 1000)
                 if "soak" in only:
+                    log(f"notifications: settled after {project.settle()} s")
                     r["soak"] = soak(project, 1000 if args.quick else 5000, 10, 60 if args.quick else 600,
                                      20 if args.quick else 120)  # fmt: skip
                 if args.profile:
