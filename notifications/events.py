@@ -97,15 +97,19 @@ def _contains_nul(value: Any) -> bool:
 def serialize(data: Any, max_bytes: int = 65536) -> str:
     """Compact JSON for ``data``; ``ValueError`` if it is not JSON, holds a NUL or is too big."""
     try:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _to_json(data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data is not JSON-serialisable: {exc}") from exc
     if "\\u0000" in text and _contains_nul(data):  # JSON writes a NUL as \u0000: look closer only then
         raise ValueError("data contains a NUL character, which PostgreSQL cannot store")
-    size = len(text.encode("utf-8"))
-    if size > max_bytes:
-        raise ValueError(f"data is {size} bytes, more than the {max_bytes}-byte limit")
+    if len(text) * 4 > max_bytes:  # at most 4 UTF-8 bytes a character: count them only then
+        size = len(text.encode("utf-8"))
+        if size > max_bytes:
+            raise ValueError(f"data is {size} bytes, more than the {max_bytes}-byte limit")
     return text
+
+
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def build_notification(

@@ -27,11 +27,14 @@ RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset", "token-expiring"})
 __all__ = ["PublishError", "broadcast_update", "notify", "publish", "publish_many"]
 
 
-def build_event(name: object, data: Any, user_id: object, channel: object) -> Event:
-    """One validated event for the current app (reserved names and the payload cap included)."""
+def build_event(name: object, data: Any, user_id: object, channel: object, max_bytes: int | None = None) -> Event:
+    """One validated event for the current app (reserved names and the payload cap included;
+    ``max_bytes``: that cap, when the caller has read it already)."""
     if name in RESERVED_EVENTS:
         raise ValueError(f"event name {name!r} is reserved for the stream itself")
-    return make_event(name, data, user_id=user_id, channel=channel, max_bytes=get_state().settings.max_payload_bytes)
+    if max_bytes is None:
+        max_bytes = get_state().settings.max_payload_bytes
+    return make_event(name, data, user_id=user_id, channel=channel, max_bytes=max_bytes)
 
 
 def _append(events: list[Event], session: Any, connection: Connection | None) -> list[str]:
@@ -104,13 +107,15 @@ def publish_many(
     Each item is ``{"event": ..., "data": ..., "user_id"?: ..., "channel"?: ...}``.
     """
     built = []
+    cap = get_state().settings.max_payload_bytes
     for index, item in enumerate(events):
         if not isinstance(item, dict):
             raise ValueError(f"item {index}: expected a dict with 'event' and 'data'")
         try:
-            built.append(build_event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel")))
+            event = build_event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel"), cap)
         except ValueError as exc:
             raise ValueError(f"item {index}: {exc}") from None
+        built.append(event)
     if not built:
         return []
     return _append(built, session, connection)
