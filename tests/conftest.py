@@ -6,9 +6,12 @@ Markers ``unit`` and ``integration`` are applied by folder, so ``pytest -m unit`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.sse_client import SSEClient
 
 HERE = Path(__file__).parent
 
@@ -34,3 +37,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         server = getattr(item, "funcargs", {}).get("server")
         if server is not None and hasattr(server, "log_tail"):
             report.sections.append(("gunicorn log", server.log_tail()))
+
+
+@pytest.fixture
+def clients() -> Iterator[list[SSEClient]]:
+    """Register clients here (``clients.append(c)``) to have them closed after the test."""
+    opened: list[SSEClient] = []
+    yield opened
+    for c in opened:
+        c.close()

@@ -87,15 +87,6 @@ def token(jwt_secret: str) -> Callable[..., str]:
 
 
 @pytest.fixture
-def clients() -> Iterator[list[SSEClient]]:
-    """Register clients here (``clients.append(c)``) to have them closed after the test."""
-    opened: list[SSEClient] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
-@pytest.fixture
 def open_stream(server: GunicornServer) -> Iterator[Callable[..., SSEClient]]:
     """``open_stream(token=..., params=..., headers=...)``; every stream is closed after the test."""
     opened: list[SSEClient] = []

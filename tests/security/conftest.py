@@ -216,15 +216,6 @@ def user() -> str:
 
 
 @pytest.fixture
-def clients() -> Iterator[list[SSEClient]]:
-    """Register clients here (``clients.append(c)``) to have them closed after the test."""
-    opened: list[SSEClient] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
-@pytest.fixture
 def open_stream(server: GunicornServer, clients: list[SSEClient]) -> Callable[..., SSEClient]:
     """``open_stream(token=..., params=..., headers=...)`` on the main server, closed after the test."""
 
