@@ -64,7 +64,8 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Start this worker's listener, and end every stream promptly once the worker stops."""
+    """Start this worker's listener and pruner, and end every stream promptly once the worker
+    stops."""
     from notifications.extension import EXTENSION_KEY
     from notifications.logs import attach_to_gunicorn
 
@@ -73,7 +74,7 @@ def post_worker_init(worker: Any) -> None:
     if state is None:
         return
     state.server_log = worker.log  # detached streams write their own access lines
-    state.listener.start()
+    state.start()
     if worker.age == 1 and state.app.config.get("NOTIFICATIONS_GENERATED_KEY"):
         _announce_demo_token(worker, state.app)
 

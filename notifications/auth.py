@@ -9,13 +9,17 @@ channel name, ``user:<id>``, or a prefix ending in ``*``.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, current_app, request
-from flask_jwt_extended import default_callbacks, get_jwt, verify_jwt_in_request
+from flask_jwt_extended import decode_token, default_callbacks, get_jwt, verify_jwt_in_request
+from flask_jwt_extended.config import config as jwt_config
 from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
+from flask_jwt_extended.internal_utils import verify_token_type
+from flask_jwt_extended.tokens import _decode_jwt
 from jwt.exceptions import ExpiredSignatureError, PyJWTError
 
 from .exceptions import NotificationsError
@@ -62,7 +66,9 @@ class VerifiedTokens:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._known: dict[str, Identity] = {}
+        # Ordered: dropping the oldest is O(1) (next(iter(dict)) walks the slots of every
+        # entry deleted before it, which made a full cache cost more per put the longer it ran).
+        self._known: OrderedDict[str, Identity] = OrderedDict()
 
     def get(self, token: str) -> Identity | None:
         identity = self._known.get(token)
@@ -75,7 +81,7 @@ class VerifiedTokens:
         if not self.size:
             return
         if len(self._known) >= self.size:
-            del self._known[next(iter(self._known))]
+            self._known.popitem(last=False)
         self._known[token] = identity
 
 
@@ -112,6 +118,66 @@ def authenticate(
         raise AccessError(401, "token expired") from None
     except (JWTExtendedException, PyJWTError, ValueError, TypeError):
         raise AccessError(401, "invalid token") from None
+    identity = identity_from_claims(claims)
+    if token is not None and cache is not None:
+        cache.put(token, identity)
+    return identity
+
+
+class QueryTokenVerifier:
+    """Verifies a ``?token=`` as ``authenticate`` would, without a request or app context, and
+    remembers it in ``cache``: flask-jwt-extended's checks (signature, expiry, not-before,
+    audience, issuer, an access token and not a refresh token) with the app's settings, read
+    once. Only for apps whose tokens may be cached (see ``cacheable_tokens``): no blocklist or
+    other loader would have run.
+
+    With the default decode-key loader the token is decoded once, by flask-jwt-extended's own
+    verifying decode (``tokens._decode_jwt``, the one ``decode_token`` ends in); ``decode_token``
+    itself first decodes it twice unverified, only to hand header and claims to that loader,
+    which ignores them. An app with a loader of its own gets ``decode_token``.
+    ``tests/unit/test_auth.py`` holds both to the same answers."""
+
+    def __init__(self, app: Flask, cache: VerifiedTokens) -> None:
+        self.app = app
+        self.cache = cache
+        with app.app_context():
+            manager = app.extensions["flask-jwt-extended"]
+            self._settings: dict[str, Any] | None = None
+            if manager._decode_key_callback is default_callbacks.default_decode_key_callback:
+                self._settings = {
+                    "algorithms": jwt_config.decode_algorithms,
+                    "allow_expired": False,
+                    "audience": jwt_config.decode_audience,
+                    "csrf_value": "",  # no CSRF check, as decode_token's default
+                    "identity_claim_key": jwt_config.identity_claim_key,
+                    "issuer": jwt_config.decode_issuer,
+                    "leeway": jwt_config.leeway,
+                    "secret": jwt_config.decode_key,
+                    "verify_aud": jwt_config.decode_audience is not None,
+                    "verify_sub": jwt_config.verify_sub,
+                }
+
+    def verify(self, token: str) -> Identity:
+        """The token's identity; ``AccessError`` 401 as ``authenticate`` answers."""
+        try:
+            if self._settings is not None:
+                claims = _decode_jwt(encoded_token=token, **self._settings)
+            else:
+                with self.app.app_context():
+                    claims = decode_token(token)
+            verify_token_type(claims, refresh=False)
+        except ExpiredSignatureError:
+            raise AccessError(401, "token expired") from None
+        except (JWTExtendedException, PyJWTError, ValueError, TypeError):
+            raise AccessError(401, "invalid token") from None
+        identity = identity_from_claims(claims)
+        self.cache.put(token, identity)
+        return identity
+
+
+def identity_from_claims(claims: dict[str, Any]) -> Identity:
+    """The identity a verified token's claims describe; ``AccessError`` 401 without a usable
+    subject or expiry."""
     subject = claims.get("sub")
     if isinstance(subject, bool) or not isinstance(subject, (str, int)) or str(subject) == "":
         raise AccessError(401, "invalid token: no subject")
@@ -119,15 +185,12 @@ def authenticate(
     if not isinstance(expires, (int, float)) or isinstance(expires, bool):
         raise AccessError(401, "invalid token: no expiry (exp)")
     grant = claims.get(GRANT_CLAIM)
-    identity = Identity(
+    return Identity(
         subject=str(subject),
         expires_at=float(expires),
         subscribe=_patterns(grant, "subscribe"),
         publish=_patterns(grant, "publish"),
     )
-    if token is not None and cache is not None:
-        cache.put(token, identity)
-    return identity
 
 
 def _presented_token(location: str) -> str | None:

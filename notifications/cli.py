@@ -67,10 +67,11 @@ def token_command(subject: str, subscribe: tuple[str, ...], publish: tuple[str, 
 @cli.command("prune")
 @click.option("--older-than", default=None, help="Delete events older than this (default: NOTIFICATIONS_RETENTION).")
 def prune_command(older_than: str | None) -> None:
-    """Delete expired events now; print how many."""
+    """Delete expired events (and stale limit rows) now, as the automatic pruner does, under the
+    same cluster-wide lock (waiting for a pruner that holds it); print how many events."""
     state = get_state()
-    age = _duration(older_than) if older_than is not None else state.settings.retention
-    click.echo(state.store.prune(age, state.settings.retention_max_events))
+    age = _duration(older_than) if older_than is not None else None
+    click.echo(state.prune_once(age, wait=True))
 
 
 @cli.command("migrate")

@@ -24,6 +24,10 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+class PayloadTooLarge(ValueError):
+    """An event's data is larger than ``NOTIFICATIONS_MAX_PAYLOAD_BYTES`` (HTTP publish: 413)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """A validated event, ready to store: ``data`` is compact JSON text."""
@@ -105,7 +109,7 @@ def serialize(data: Any, max_bytes: int = 65536) -> str:
     if len(text) * 4 > max_bytes:  # at most 4 UTF-8 bytes a character: count them only then
         size = len(text.encode("utf-8"))
         if size > max_bytes:
-            raise ValueError(f"data is {size} bytes, more than the {max_bytes}-byte limit")
+            raise PayloadTooLarge(f"data is {size} bytes, more than the {max_bytes}-byte limit")
     return text
 
 

@@ -141,13 +141,17 @@ class State:
                 return Identity(subject=str(found), expires_at=None)
         return authenticate(cache=self.verified_tokens)
 
-    def ensure_listening(self, timeout: float = LISTENER_START_TIMEOUT) -> bool:
-        """Start this process's listener if needed; True once the hub has a cursor."""
-        listener = self.listener
-        listener.start()
+    def start(self) -> None:
+        """Start this process's listener and its pruner, if not yet started (gunicorn does it
+        as the worker starts; any other server on the first stream)."""
+        self.listener.start()
         if self._maintenance is None:
             self._maintenance = gevent.spawn(self._maintain)
-        return bool(listener.started.wait(timeout))
+
+    def ensure_listening(self, timeout: float = LISTENER_START_TIMEOUT) -> bool:
+        """Start this process's listener if needed; True once the hub has a cursor."""
+        self.start()
+        return bool(self.listener.started.wait(timeout))
 
     def _maintain(self) -> None:
         """Prune old events and stale limit rows, in one process at a time across all machines."""
@@ -159,21 +163,27 @@ class State:
             except Exception as exc:  # the database may be away; try again next time
                 log.warning("pruning failed: %s", type(exc).__name__)
 
-    def prune_once(self) -> int | None:
-        """Prune if no other process is pruning right now; return how many events, or None."""
+    def prune_once(self, older_than: float | None = None, wait: bool = False) -> int | None:
+        """Prune events older than ``older_than`` (default ``NOTIFICATIONS_RETENTION``) and
+        beyond ``NOTIFICATIONS_RETENTION_MAX_EVENTS``, and stale limit rows, in one process at a
+        time across every machine; return how many events, or None when another process is
+        pruning right now (``wait``: wait for it, then prune)."""
         s = self.settings
         with self.store.engine.connect() as conn:
-            if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.store.lock_key + 1}).scalar():
+            key = {"k": self.store.lock_key + 1}
+            if wait:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), key)
+            elif not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar():
                 conn.rollback()
                 return None
             conn.commit()
             try:
-                deleted = self.store.prune(s.retention, s.retention_max_events)
+                deleted = self.store.prune(s.retention if older_than is None else older_than, s.retention_max_events)
                 with conn.begin():
                     self.limits.clean_up(conn)
                 return deleted
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.store.lock_key + 1})
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), key)
                 conn.commit()
 
     def append(self, events: Sequence[Event]) -> list[str]:
@@ -224,12 +234,12 @@ class Notifications:
         state = State(app, settings, url, self.identity_hook)
         app.extensions[EXTENSION_KEY] = state
 
+        from . import fastpath
         from .cli import cli
-        from .fastpath import StreamFastPath
         from .views import blueprint
 
         app.register_blueprint(blueprint, url_prefix=URL_PREFIX)
-        app.wsgi_app = StreamFastPath(app, state, URL_PREFIX + "/stream")  # type: ignore[method-assign]
+        fastpath.install(app, state, URL_PREFIX + "/stream")
         cors.install(app, settings.cors_origins, URL_PREFIX)
         app.cli.add_command(cli)
         if settings.auto_migrate:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import time
 import traceback
 from typing import Any
 
@@ -43,6 +44,24 @@ class RedactingFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
+
+
+class SecondFormatter(logging.Formatter):
+    """A ``logging.Formatter`` whose ``asctime`` (to the second, as gunicorn's ``datefmt`` has it)
+    is rendered once a second rather than for every line: a stream writes two lines."""
+
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self._second = -1
+        self._text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        if datefmt is None or "%f" in datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime(datefmt, self.converter(second))
+        return self._text
 
 
 class JsonFormatter(logging.Formatter):
@@ -165,11 +184,14 @@ class RedactingGunicornLogger(Logger):  # type: ignore[misc]
         # In a gevent worker every request's greenlet counts as a thread: looking it up for each
         # log record builds a dummy thread per request and names nothing useful.
         logging.logThreads = False
+        logging.logMultiprocessing = False  # every worker is "MainProcess"; the pid is %(process)d
         json_lines = os.environ.get("LOG_FORMAT", "").lower() == "json"
         for handler in (*self.error_log.handlers, *self.access_log.handlers):
             handler.addFilter(RedactingFilter())
             if json_lines:
                 handler.setFormatter(JsonFormatter())
+            elif type(handler.formatter) is logging.Formatter:
+                handler.setFormatter(SecondFormatter(handler.formatter._fmt, handler.formatter.datefmt))
 
 
 def attach_to_gunicorn(error_log: logging.Logger) -> None:

@@ -23,6 +23,7 @@ from .exceptions import PublishError
 from .extension import get_state
 
 RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset", "token-expiring"})
+_ITEM_KEYS = frozenset({"event", "data", "user_id", "channel"})
 
 __all__ = ["PublishError", "broadcast_update", "notify", "publish", "publish_many"]
 
@@ -111,10 +112,13 @@ def publish_many(
     for index, item in enumerate(events):
         if not isinstance(item, dict):
             raise ValueError(f"item {index}: expected a dict with 'event' and 'data'")
+        unknown = item.keys() - _ITEM_KEYS
+        if unknown:  # a misspelt "user_id" (or the HTTP shape's "userId") must not broadcast
+            raise ValueError(f"item {index}: unknown keys {sorted(unknown)}: use {', '.join(sorted(_ITEM_KEYS))}")
         try:
             event = build_event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel"), cap)
         except ValueError as exc:
-            raise ValueError(f"item {index}: {exc}") from None
+            raise type(exc)(f"item {index}: {exc}") from None
         built.append(event)
     if not built:
         return []

@@ -20,9 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .auth import AccessError, Identity, authenticate, authorize_publish, authorize_stream
-from .events import parse_channels, serialize, validate_user_id
+from .events import PayloadTooLarge, parse_channels, serialize, validate_user_id
 from .extension import State, get_state
 from .fanout import Subscriber
+from .limits import LimitsUnavailable
 from .publishing import PublishError, build_event
 from .sse import encode, jittered
 from .stream import STREAM_HEADERS, StartResponse, StreamSession, server_socket
@@ -111,8 +112,8 @@ def _admit(state: State, subject: str, address: str | None) -> int | None:
     """Apply the connection limits; when the database is away, let the stream in unlimited."""
     try:
         return state.limits.admit(subject, address)
-    except SQLAlchemyError as exc:
-        log.warning("connection limits unavailable (%s): admitting the stream", type(exc).__name__)
+    except LimitsUnavailable as exc:
+        log.warning("%s: admitting the stream", exc)
         return None
 
 
@@ -167,13 +168,13 @@ def publish_http() -> tuple[Response, int]:
             try:
                 event = build_event(item["event"], item["data"], item.get("userId"), item.get("channel"))
             except ValueError as exc:
-                raise ValueError(f"item {index}: {exc}") from None
+                raise type(exc)(f"item {index}: {exc}") from None
             authorize_publish(identity, event.user_id, event.channel)
             events.append(event)
     except AccessError as exc:
         return jsonify(exc.as_data()), exc.code
     except ValueError as exc:
-        code = 413 if "-byte limit" in str(exc) else 422
+        code = 413 if isinstance(exc, PayloadTooLarge) else 422
         return jsonify({"error": str(exc), "code": code}), code
     try:
         ids = state.append(events)

@@ -1,20 +1,29 @@
 """``flask --app app notifications migrate|prune|stats`` and the CLI's help and argument errors,
 each run as its own process with ``DATABASE_URL`` and ``JWT_SECRET_KEY`` in the environment
 (DESIGN §6 "CLI"). ``publish`` and ``token`` are in test_cli.py.
+
+``prune`` runs the automatic pruner's path: under the cluster-wide pruning lock (waiting for a
+process that holds it), and it also deletes stale rows of the limit tables. The module's server
+prunes only once an hour, so what the tests see deleted is the command's doing.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg2
 import pytest
 
+from notifications.extension import get_state
 from tests.support import pg
+from tests.support.checks import wait_until
 from tests.support.pg import query
 from tests.support.server import ROOT, VENV_BIN, clean_environ
 
@@ -29,24 +38,30 @@ TABLES = {
 }
 
 
+def cli_command(
+    database_url: str, secret: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``flask --app app notifications <args>``."""
+    full_env = clean_environ()
+    full_env.update({"DATABASE_URL": database_url, "JWT_SECRET_KEY": secret, **(env or {})})
+    return [str(VENV_BIN / "flask"), "--app", "app", "notifications", *args], full_env
+
+
 def run_cli(
     database_url: str, secret: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = clean_environ()
-    full_env.update({"DATABASE_URL": database_url, "JWT_SECRET_KEY": secret, **(env or {})})
-    return subprocess.run(
-        [str(VENV_BIN / "flask"), "--app", "app", "notifications", *args],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cmd, full_env = cli_command(database_url, secret, *args, env=env)
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
     return result.stdout
+
+
+@pytest.fixture(scope="module")
+def server_env() -> dict[str, str]:
+    return {"NOTIFICATIONS_PRUNE_INTERVAL": "1h"}  # the server's own pruner stays out of the way
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +155,126 @@ def test_prune_older_than_a_duration_keeps_younger_events(flask_cli, publisher, 
     assert out.strip() == "1", out
     left = {r[0] for r in query(database_url, "SELECT id FROM notification_events WHERE id = ANY(%s)", [aged, young])}
     assert left == {young}
+
+
+def limit_rows(database_url: str, tag: str) -> dict[str, list[tuple[object, ...]]]:
+    """The rows of the limit tables whose worker or key contains ``tag``."""
+    like = f"%{tag}%"
+    t = "notification_events"
+    return {
+        "workers": query(database_url, f"SELECT worker FROM {t}_workers WHERE worker LIKE %s ORDER BY 1", like),
+        "streams": query(
+            database_url, f"SELECT worker, user_id FROM {t}_streams WHERE worker LIKE %s ORDER BY 1", like
+        ),
+        "rates": query(database_url, f"SELECT key FROM {t}_rates WHERE key LIKE %s ORDER BY 1", like),
+    }
+
+
+def test_prune_deletes_stale_limit_rows_and_keeps_live_ones(flask_cli, publisher, database_url):
+    """A worker last seen an hour ago (its lease long lapsed) and its stream, and a rate window
+    from more than two days ago, are deleted; a worker seen now, its stream and the current
+    window stay. (``publisher``: its app migrated the database.)"""
+    tag = secrets.token_hex(4)
+    stale, live = f"stale-{tag}", f"live-{tag}"
+    now = int(time.time())
+    query(
+        database_url,
+        "INSERT INTO notification_events_workers (worker, seen_at) VALUES (%s, now() - interval '1 hour'), (%s, now())",
+        stale,
+        live,
+    )
+    query(
+        database_url,
+        "INSERT INTO notification_events_streams (user_id, worker) VALUES (%s, %s), (%s, %s)",
+        f"user-{stale}",
+        stale,
+        f"user-{live}",
+        live,
+    )
+    query(
+        database_url,
+        'INSERT INTO notification_events_rates (key, "window", count) VALUES (%s, %s, 7), (%s, %s, 2)',
+        f"user:{stale}",
+        now - 2 * 86400 - 120,
+        f"user:{live}",
+        now - now % 60,
+    )
+    assert limit_rows(database_url, stale) == {
+        "workers": [(stale,)],
+        "streams": [(stale, f"user-{stale}")],
+        "rates": [(f"user:{stale}",)],
+    }
+    try:
+        out = ok(flask_cli("prune"))
+        assert re.fullmatch(r"\d+\n?", out), f"prune should print only the number, printed {out!r}"
+        assert limit_rows(database_url, stale) == {"workers": [], "streams": [], "rates": []}
+        assert limit_rows(database_url, live) == {
+            "workers": [(live,)],
+            "streams": [(live, f"user-{live}")],
+            "rates": [(f"user:{live}",)],
+        }
+    finally:
+        query(database_url, "DELETE FROM notification_events_streams WHERE worker LIKE %s", f"%{tag}%")
+        query(database_url, "DELETE FROM notification_events_workers WHERE worker LIKE %s", f"%{tag}%")
+        query(database_url, "DELETE FROM notification_events_rates WHERE key LIKE %s", f"%{tag}%")
+
+
+def waiting_for_advisory_lock(database_url: str, key: int) -> int:
+    """How many sessions of this database wait for the advisory lock ``key`` (bigint form)."""
+    rows = query(
+        database_url,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND ((classid::bigint << 32) | objid::bigint) = %s",
+        key & 0xFFFFFFFFFFFFFFFF,
+    )
+    return int(rows[0][0])
+
+
+def test_prune_waits_for_the_pruning_lock_held_elsewhere(publisher, database_url, jwt_secret):
+    """While another session holds the cluster-wide pruning lock, ``prune`` waits for it (its
+    session is seen waiting in pg_locks, the process still runs, nothing is deleted); once the
+    lock is released it prunes and prints how many events."""
+    ids = [publisher.publish("locked", {"n": n}) for n in range(3)]
+    with publisher.app.app_context():
+        key = get_state().store.lock_key + 1
+    holder = psycopg2.connect(pg.libpq_url(database_url))
+    proc: subprocess.Popen[str] | None = None
+    try:
+        holder.autocommit = True
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+        present = count_events(database_url)
+        cmd, env = cli_command(database_url, jwt_secret, "prune", "--older-than", "0")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def blocked() -> bool:
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(
+                    f"prune ended (exit {proc.returncode}) while another session held the pruning lock\n"
+                    f"stdout:{out}\nstderr:{err}"
+                )
+            return waiting_for_advisory_lock(database_url, key) == 1
+
+        wait_until(blocked, 30, "the prune command waiting for the pruning lock")
+        assert proc.poll() is None
+        assert count_events(database_url) == present, "prune deleted events without the lock"
+        assert set(ids) <= {r[0] for r in query(database_url, "SELECT id FROM notification_events")}
+
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            assert cur.fetchone() == (True,)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:{out}\nstderr:{err}"
+        assert re.fullmatch(r"\d+\n?", out), f"prune should print only the number, printed {out!r}"
+        assert int(out) == present
+        assert count_events(database_url) == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        holder.close()
 
 
 # ------------------------------------------------------------------ stats

@@ -8,25 +8,32 @@ that second connection takes the fast path. Tokens carry a random ``jti`` so no 
 * ``server`` (this module's): public channels ``news,sports``.
 * ``cap_server``: ``NOTIFICATIONS_MAX_STREAMS_PER_USER=2``, one worker.
 * ``hooked_server``: ``tests.support.hooked_app`` (``before_request`` / ``after_request`` hooks).
+* ``proxied``: ``tests.support.proxied_app``, werkzeug's ``ProxyFix`` applied before and (a second
+  server) after ``Notifications(app)``, with ``NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS=3/minute``;
+  loopback stays exempt from it (the default), so only connects that see their forwarded
+  address count, and one that saw ``127.0.0.1`` (in front of ``ProxyFix``) would never be refused.
 """
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
 
-from tests.support.checks import RETRY_BLOCK, assert_refused, delivered_ids
+from tests.support.checks import RETRY_BLOCK, assert_refused, delivered_ids, fresh_window, wait_until
 from tests.support.publisher import Publisher
 from tests.support.server import GunicornServer, serving
 from tests.support.sse_client import SSEClient, is_connect_message
 
 STREAM_HEADERS = ("Content-Type", "Cache-Control", "X-Accel-Buffering")
 HOOK_HEADER = "X-Host-Hook"  # set by tests.support.hooked_app's after_request
+PER_ADDRESS = 3  # NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS of the proxied servers, per minute
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +56,28 @@ def hooked_server(
 ) -> Iterator[GunicornServer]:
     app = "tests.support.hooked_app:app"
     yield from serving("hooked", database_url, jwt_secret, publisher, tmp_path_factory, app=app)
+
+
+@dataclass
+class Proxied:
+    server: GunicornServer
+    addresses: Iterator[str]  # forwarded addresses no other test of this server uses
+
+
+@pytest.fixture(scope="module", params=["before", "after"])
+def proxied(
+    request: pytest.FixtureRequest,
+    database_url: str,
+    jwt_secret: str,
+    publisher: Publisher,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Proxied]:
+    order = request.param
+    app = f"tests.support.proxied_app:create_app({order!r})"
+    env = {"NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS": f"{PER_ADDRESS}/minute"}
+    first = 10 if order == "before" else 100  # the two servers share the module's database
+    for srv in serving(f"proxied-{order}", database_url, jwt_secret, publisher, tmp_path_factory, app=app, env=env):
+        yield Proxied(srv, (f"203.0.113.{n}" for n in itertools.count(first)))
 
 
 @pytest.fixture
@@ -237,3 +266,62 @@ def test_host_request_hooks_run_for_the_second_connection(
         blocked.wait_closed()
         assert blocked.raw == b"blocked by the host app\n"
         assert blocked.header(HOOK_HEADER) == "ran"
+
+
+# ---------------------------------------------------------------------------- host app middleware
+
+
+def forwarded(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
+def assert_over_the_address_rate(srv: GunicornServer, tok: str, address: str) -> None:
+    with srv.stream(tok, headers=forwarded(address), name=f"over-rate-{address}") as c:
+        data = assert_refused(c, 429)
+    assert "connection attempts" in data["error"], data
+
+
+def assert_access_lines(srv: GunicornServer, expected: dict[str, int]) -> None:
+    """The access log names each forwarded address as the client of that many stream requests."""
+
+    def counts() -> dict[str, int]:
+        lines = srv.log_path.read_text(errors="replace").splitlines()
+        return {
+            a: sum(1 for line in lines if line.startswith(f"{a} ") and '"GET /api/notifications/stream?' in line)
+            for a in expected
+        }
+
+    wait_until(lambda: counts() == expected, 5, f"access lines {expected}, got {counts()}")
+
+
+def test_behind_proxy_fix_first_connects_count_the_forwarded_address(
+    proxied: Proxied, fresh: Callable[..., str], user: str, clients: list[SSEClient]
+) -> None:
+    """First connects of new tokens (other users each) from one forwarded address: the fourth in
+    a minute gets 429, while another forwarded address is admitted."""
+    srv = proxied.server
+    spoofed, other = next(proxied.addresses), next(proxied.addresses)
+    fresh_window()
+    for i in range(PER_ADDRESS):
+        open_on(srv, clients, fresh(f"{user}-{i}"), headers=forwarded(spoofed), name=f"first-{i}").wait_connected()
+    assert_over_the_address_rate(srv, fresh(f"{user}-last"), spoofed)
+    open_on(srv, clients, fresh(f"{user}-other"), headers=forwarded(other), name="other").wait_connected()
+    assert_access_lines(srv, {spoofed: PER_ADDRESS + 1, other: 1})
+
+
+def test_behind_proxy_fix_a_known_token_counts_the_forwarded_address(
+    proxied: Proxied, fresh: Callable[..., str], clients: list[SSEClient]
+) -> None:
+    """A token every worker already knows (the cached fast path), connecting again and again
+    from one forwarded address: the fourth connect in a minute gets 429, while the same token
+    from another forwarded address is admitted."""
+    srv = proxied.server
+    tok = fresh()
+    warm(srv, tok, clients)  # from 127.0.0.1 without X-Forwarded-For: exempt from the rate
+    spoofed, other = next(proxied.addresses), next(proxied.addresses)
+    fresh_window()
+    for i in range(PER_ADDRESS):
+        open_on(srv, clients, tok, headers=forwarded(spoofed), name=f"again-{i}").wait_connected()
+    assert_over_the_address_rate(srv, tok, spoofed)
+    open_on(srv, clients, tok, headers=forwarded(other), name="other").wait_connected()
+    assert_access_lines(srv, {spoofed: PER_ADDRESS + 1, other: 1})

@@ -105,6 +105,8 @@ BAD_ITEMS = {
     "channel": ({"event": "x", "data": 1, "channel": "no spaces"}, 422),
     "reserved": ({"event": "reset", "data": {}}, 422),
     "too-large": ({"event": "x", "data": "d" * 2000}, 413),
+    # an invalid channel whose name reads like the size error is still a 422, not a 413
+    "channel-named-like-the-limit": ({"event": "x", "data": 1, "channel": "a-byte limit"}, 422),
 }
 
 

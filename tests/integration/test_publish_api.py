@@ -106,3 +106,17 @@ def test_payload_just_under_the_limit_is_accepted_and_delivered(open_stream, tok
     data = "y" * 60000
     event_id = publisher.publish("near-limit", data, user_id=user)
     assert c.wait_for_id(event_id).json() == data
+
+
+@pytest.mark.parametrize("key", ["userId", "user", "channels", "event_name"])
+def test_publish_many_refuses_an_unknown_key_and_broadcasts_nothing(open_stream, token, user, publisher, key):
+    """An item in the HTTP shape (``userId``) or with a misspelt key was once stored as a
+    broadcast: every user received an event meant for one."""
+    bystander = open_stream(token(user + "-bystander"))
+    bystander.wait_connected()
+    with pytest.raises(ValueError, match=key):
+        publisher.call("publish_many", [{"event": "ok", "data": 1}, {"event": "private", "data": 2, key: user}])
+    after = publisher.publish("after", {})
+    bystander.wait_for_id(after)
+    assert [m.type for m in bystander.events][-1:] == ["after"]
+    assert not [m for m in bystander.events if m.type in ("ok", "private")]

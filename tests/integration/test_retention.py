@@ -6,7 +6,9 @@ publishes, and only one process prunes at a time.
 Two servers: the module's (``NOTIFICATIONS_RETENTION=2s``, pruning every second) and a capped
 one on a database of its own (``NOTIFICATIONS_RETENTION_MAX_EVENTS``, pruning every second),
 started after some history was already pruned so that both replay paths (the table, and a
-worker's memory of recent events) are exercised.
+worker's memory of recent events) are exercised. And idle servers (``idle``), each on a database
+of its own, that no client ever sent a stream request or ``/readyz``: pruning starts with the
+worker, not with its first stream.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy import text
 
 from notifications.extension import get_state
 from tests.support import pg
-from tests.support.checks import delivered_ids
+from tests.support.checks import delivered_ids, wait_until
 from tests.support.pg import query
 from tests.support.publisher import Publisher
 from tests.support.server import GunicornServer, wait_until_serving
@@ -43,17 +45,6 @@ def table_ids(database_url: str) -> list[int]:
 def pruned_through(database_url: str) -> int:
     rows = query(database_url, "SELECT value FROM notification_events_state WHERE key = 'pruned_through'")
     return int(rows[0][0]) if rows else 0
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)  # polling interval of a condition with a deadline
 
 
 def publish_many(publisher: Publisher, items: list[dict[str, Any]]) -> list[int]:
@@ -105,6 +96,65 @@ def test_a_stream_asking_for_expired_events_gets_history_expired_and_not_them(
         f"resets {resets}; replayed {delivered_ids(late)} although {ids} are pruned"
     )
     assert delivered_ids(late) == [marker]
+
+
+# ------------------------------------------------------------------ with no stream connected
+
+
+@pytest.fixture
+def idle(
+    pg_admin_url: str, jwt_secret: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[dict[str, str]], tuple[GunicornServer, Publisher, str]]]:
+    """``idle(env)``: a server on a fresh database of its own, started (``/healthz`` answers and
+    every worker is up) but never sent a stream request or ``/readyz``; returns it, a publisher
+    on its database and the database's URL."""
+    started: list[tuple[GunicornServer | None, str]] = []
+
+    def start(env: dict[str, str]) -> tuple[GunicornServer, Publisher, str]:
+        url = pg.create_database(pg_admin_url, "t_retention_idle")
+        started.append((None, url))
+        srv = GunicornServer(url, jwt_secret, tmp_path_factory.mktemp("idle") / "gunicorn.log", env=env)
+        started[-1] = (srv, url)
+        srv.start()  # waits for /healthz only: no stream, no /readyz
+        return srv, Publisher(url, jwt_secret), url
+
+    yield start
+    for srv, url in started:
+        if srv is not None:
+            srv.stop()
+        pg.drop_database(pg_admin_url, url)
+
+
+def assert_never_streamed(srv: GunicornServer) -> None:
+    """The access log shows no stream request and no /readyz: nothing started the pruner but the
+    worker's start."""
+    log = srv.log_path.read_text(errors="replace")
+    assert "/api/notifications/stream" not in log and "/readyz" not in log, srv.log_tail()
+
+
+def test_pruning_by_age_starts_with_the_worker(idle):
+    srv, pub, url = idle({"NOTIFICATIONS_RETENTION": "2s", "NOTIFICATIONS_PRUNE_INTERVAL": "1s"})
+    ids = [pub.publish("unseen", {"n": n}) for n in range(3)]
+    try:
+        wait_until(
+            lambda: not table_ids(url) and pruned_through(url) >= max(ids),
+            15,
+            f"events {ids} pruned by a server no stream ever connected to",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the table holds {table_ids(url)}\n{srv.log_tail()}") from None
+    assert_never_streamed(srv)
+
+
+def test_max_events_applies_with_no_stream_connected(idle):
+    srv, pub, url = idle({"NOTIFICATIONS_RETENTION_MAX_EVENTS": "3", "NOTIFICATIONS_PRUNE_INTERVAL": "1s"})
+    ids = publish_many(pub, [{"event": "unseen", "data": {"n": n}} for n in range(7)])
+    try:
+        wait_until(lambda: table_ids(url) == ids[-3:], 15, f"the table pruned to the newest 3 of {ids}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the table holds {table_ids(url)}\n{srv.log_tail()}") from None
+    assert pruned_through(url) == ids[-4]
+    assert_never_streamed(srv)
 
 
 # ------------------------------------------------------------------ the capped server

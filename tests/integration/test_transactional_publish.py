@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tests.support.checks import assert_never_received, delivered_ids
+from tests.support.checks import assert_never_received, delivered_ids, wait_until
 from tests.support.pg import query
 from tests.support.publisher import api
 
@@ -53,17 +53,6 @@ def engine(database_url: str, server: Any) -> Iterator[Engine]:
 def stored(database_url: str, ids: list[int]) -> list[int]:
     rows = query(database_url, "SELECT id FROM notification_events WHERE id = ANY(%s) ORDER BY id", list(ids))
     return [r[0] for r in rows]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.02)  # polling interval of a condition with a deadline
 
 
 @contextmanager

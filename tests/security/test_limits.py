@@ -7,6 +7,11 @@
   tests connect from other loopback addresses (127.0.0.2, 127.0.0.3), so the rest of the module's
   traffic from 127.0.0.1 does not count against them.
 
+The races send every request at once (``threading.Barrier``) on connections opened beforehand,
+each already accepted by a known worker (``wire.idle_connections``), so a race spans every worker
+it names: connects are admitted in batches (one transaction per batch of a worker), and batches
+on different workers and instances must never both take a user's last slot or rate unit.
+
 A SIGKILLed worker cannot release its streams; they stop counting once its lease lapses
 (``limits.LEASE_SECONDS`` = 30 s, not configurable). The module kills ``b``'s workers first and
 checks the lapse last, so the wait overlaps the other tests (which use other users).
@@ -18,15 +23,16 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 
 from tests.support import pg
-from tests.support.checks import assert_refused
+from tests.support.checks import assert_refused, fresh_window
 from tests.support.tokens import mint
 
-from .wire import STREAM, attempt, request
+from .wire import STREAM, Attempt, attempt, idle_connections, request
 
 MAX = 3
 LEASE_SECONDS = 30.0  # notifications.limits.LEASE_SECONDS
@@ -73,6 +79,38 @@ def refused(srv, tok, code=429):
         return assert_refused(c, code)
 
 
+def race(conns, tok):
+    """Send a stream request with ``tok`` on every connection (``(server, socket, worker pid)``)
+    at once; return ``(server, worker pid, Attempt)`` for each. The sockets stay open (admitted
+    streams keep their slots) until the caller closes them."""
+    barrier = threading.Barrier(len(conns))
+    results: list[object] = [None] * len(conns)
+
+    def go(i, srv, sock, pid):
+        try:
+            barrier.wait(10)
+            results[i] = (srv, pid, attempt(srv, f"{STREAM}?token={tok}", sock=sock, timeout=15))
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=go, args=(i, *conn)) for i, conn in enumerate(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    failed = [r for r in results if not isinstance(r, tuple)]
+    assert not failed, failed[:3]
+    for _, _, got in results:
+        answered = isinstance(got, Attempt) and got.status == 200 and (got.connected or got.error)
+        assert answered, (got.status, got.body[:300])
+    return results
+
+
+def close_all(conns):
+    for _, sock, _ in conns:
+        sock.close()
+
+
 def open_on(srv, clients, tok):
     c = srv.stream(tok)
     clients.append(c)
@@ -97,13 +135,6 @@ def wait_admitted(srv, tok, timeout=5.0):
         if time.monotonic() - start > timeout:
             raise AssertionError(f"no stream admitted within {timeout}s after a slot was freed")
         time.sleep(0.1)  # retry pacing, bounded by the deadline
-
-
-def fresh_window(min_left=10.0):
-    """Rate windows are fixed (start at whole minutes): start a burst with enough time left."""
-    left = 60 - time.time() % 60
-    if left < min_left:
-        time.sleep(left + 0.3)
 
 
 # ------------------------------------------------------------------ a SIGKILLed worker (part 1)
@@ -240,6 +271,24 @@ def test_simultaneous_connects_cannot_exceed_the_limit(servers, clients, token, 
     assert results.count("error") == 10 - MAX, results
 
 
+def test_forty_simultaneous_connects_on_four_workers_admit_exactly_the_limit(servers, token, user):
+    """One user, 40 connects at once, 10 on each worker of ``a`` and ``b``: exactly MAX are
+    admitted, the other 37 get 429 for open streams; no overshoot."""
+    tok = token(user)
+    conns = [(srv, sock, pid) for srv in (servers.a, servers.b) for sock, pid in idle_connections(srv, 10)]
+    try:
+        results = race(conns, tok)
+    finally:
+        close_all(conns)
+    per_worker = Counter(pid for _, pid, _ in results)
+    assert len(per_worker) == 4 and set(per_worker.values()) == {10}, per_worker
+    admitted = [(srv.port, pid) for srv, pid, got in results if got.connected]
+    refusals = [got.error for _, _, got in results if not got.connected]
+    assert len(admitted) == MAX, f"{len(admitted)} admitted (on instance port, worker pid: {admitted})"
+    assert len(refusals) == 40 - MAX
+    assert all(e["code"] == 429 and "open streams" in e["error"] for e in refusals), refusals[:3]
+
+
 def test_head_requests_do_not_leak_stream_slots(servers, clients, token, user):
     """Flask answers HEAD with the GET view: the stream is admitted (a slot taken) but its body,
     whose ``finally`` releases the slot, may never run. HEADs must not lock the user out."""
@@ -268,6 +317,24 @@ def test_connect_rate_per_user(servers, token, user):
     assert 1 <= int(retry_after) <= 60 and abs(int(retry_after) - left) <= 2, (retry_after, left)
     assert got.error.get("retryAfter") == int(retry_after)
     assert admitted(srv, token(f"{user}-other")) is None  # another user is not affected
+
+
+def test_twenty_simultaneous_connects_admit_exactly_the_rate(servers, token, user):
+    """One fresh user, 20 connects at once, 10 on each worker of ``r`` (from 127.0.0.5, far
+    below the per-address rate): exactly 5 are admitted, the other 15 get 429; no overshoot."""
+    srv = servers.r
+    fresh_window(min_left=15)
+    conns = [(srv, sock, pid) for sock, pid in idle_connections(srv, 10, source="127.0.0.5")]
+    try:
+        results = race(conns, token(user))
+    finally:
+        close_all(conns)
+    assert set(Counter(pid for _, pid, _ in results).values()) == {10}
+    admitted = [pid for _, pid, got in results if got.connected]
+    refusals = [got.error for _, _, got in results if not got.connected]
+    assert len(admitted) == 5, f"{len(admitted)} of 20 admitted at 5/minute (on workers {admitted})"
+    assert len(refusals) == 15
+    assert all(e["code"] == 429 and "connection attempts" in e["error"] for e in refusals), refusals[:3]
 
 
 def test_connect_rate_per_address(servers, token, user):

@@ -101,12 +101,17 @@ def attempt(
     source: str | None = None,
     timeout: float = 8.0,
     raw_request: bytes | None = None,
+    sock: socket.socket | None = None,
 ) -> Attempt:
     """Send one GET (or ``raw_request`` as is) and read until the stream answers: an ``error``
-    event, the connect message, or the end of the response. Closes the connection after."""
-    sock = socket.create_connection(
-        (srv.host, srv.port), timeout=timeout, source_address=(source, 0) if source else None
-    )
+    event, the connect message, or the end of the response. Closes the connection after, unless
+    it was given (``sock``, from ``idle_connections``): then an admitted stream stays open until
+    the caller closes it."""
+    own = sock is None
+    if sock is None:
+        sock = socket.create_connection(
+            (srv.host, srv.port), timeout=timeout, source_address=(source, 0) if source else None
+        )
     try:
         if raw_request is None:
             items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
@@ -176,7 +181,45 @@ def attempt(
                 break
         return Attempt(status, hdrs, bytes(body), messages, ended)
     finally:
-        sock.close()
+        if own:
+            sock.close()
+
+
+def idle_connections(
+    srv: GunicornServer, per_worker: int, source: str | None = None, timeout: float = 10.0
+) -> list[tuple[socket.socket, int]]:
+    """Open connections to ``srv`` until each of its workers has accepted ``per_worker`` of them
+    (surplus ones are closed), with no request sent yet; return them with the pid of the worker
+    that will serve their request. A connection stays with the worker that accepted it, and
+    gunicorn waits ``keepalive`` (5 s) for its first request: send it before then."""
+    pids = srv.worker_pids()
+    taken: dict[int, list[socket.socket]] = {pid: [] for pid in pids}
+    deadline = time.monotonic() + timeout
+    try:
+        while any(len(socks) < per_worker for socks in taken.values()):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"could not get {per_worker} connections accepted by each worker within {timeout}s: "
+                    f"{ {pid: len(socks) for pid, socks in taken.items()} }"
+                )
+            sock = socket.create_connection(
+                (srv.host, srv.port), timeout=5, source_address=(source, 0) if source else None
+            )
+            pid = None
+            while pid is None and time.monotonic() < deadline:
+                pid = srv.worker_of_address(sock.getsockname()[:2])
+                if pid is None:
+                    time.sleep(0.01)  # the worker has not accepted it yet: polled with a deadline
+            if pid in taken and len(taken[pid]) < per_worker:
+                taken[pid].append(sock)
+            else:
+                sock.close()  # surplus on a worker that has its share (or a worker gone)
+    except BaseException:
+        for socks in taken.values():
+            for sock in socks:
+                sock.close()
+        raise
+    return [(sock, pid) for pid, socks in taken.items() for sock in socks]
 
 
 class Live:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .sse_client import Message, SSEClient, is_connect_message
@@ -99,3 +100,22 @@ def post(server: Any, bearer: str, payload: Any) -> tuple[int, str, Any]:
         return resp.status, resp.getheader("Content-Type") or "", json.loads(body)
     finally:
         conn.close()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something true (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)  # polling interval of a condition with a deadline
+
+
+def fresh_window(min_left: float = 10.0) -> None:
+    """Rate windows are fixed (start at whole minutes): start a burst with enough time left."""
+    left = 60 - time.time() % 60
+    if left < min_left:
+        time.sleep(left + 0.3)  # waiting for the clock: the next window is what is needed

@@ -188,13 +188,18 @@ class GunicornServer:
 
     def worker_of(self, client: SSEClient) -> int | None:
         """The pid of the worker holding the server side of ``client``'s connection."""
+        return self.worker_of_address(client.local_address)
+
+    def worker_of_address(self, address: tuple[str, int]) -> int | None:
+        """The pid of the worker that accepted the connection from ``address`` (the client
+        side's ``getsockname()``), or None while no worker has accepted it."""
         for pid in self.worker_pids():
             try:
                 conns = psutil.Process(pid).net_connections(kind="tcp")
             except psutil.NoSuchProcess:
                 continue
             for c in conns:
-                if c.raddr and (c.raddr.ip, c.raddr.port) == tuple(client.local_address):
+                if c.raddr and (c.raddr.ip, c.raddr.port) == tuple(address):
                     return pid
         return None
 
