@@ -17,6 +17,7 @@ from flask import Flask, Response, abort, jsonify, request
 import notifications
 from notifications import Notifications
 from notifications.config import ConfigError, development_key
+from notifications.config import read as read_settings
 from notifications.ops import ops
 
 DEMO_USER = "demo"
@@ -35,13 +36,11 @@ def database_url(instance_path: str) -> str:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(config or {})
-    for key in ("JWT_SECRET_KEY", "JWT_PUBLIC_KEY", "JWT_PRIVATE_KEY", "NOTIFICATIONS_ENV", "NOTIFICATIONS_DEV_MODE"):
-        if key not in app.config and key in os.environ:
-            app.config[key] = os.environ[key]
+    settings = read_settings(app.config)  # the environment first, as Notifications(app) reads them
     if not app.config.get("DATABASE_URL"):
         app.config["DATABASE_URL"] = database_url(app.instance_path)
 
-    production = str(app.config.get("NOTIFICATIONS_ENV", "")).lower() == "production"
+    production = settings.production
     dev_key = not app.config.get("JWT_SECRET_KEY") and not app.config.get("JWT_PUBLIC_KEY")
     if dev_key:
         if production:
@@ -53,8 +52,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["NOTIFICATIONS_GENERATED_KEY"] = True  # gunicorn.conf.py prints a demo token
     # The demo page and /dev/token need a key that signs: not there with only a public key.
     can_sign = bool(app.config.get("JWT_SECRET_KEY") or app.config.get("JWT_PRIVATE_KEY"))
-    asked = str(app.config.get("NOTIFICATIONS_DEV_MODE", "")).lower() in ("1", "true", "yes", "on")
-    dev_mode = can_sign and (dev_key or asked)
+    dev_mode = can_sign and (dev_key or settings.dev_mode)
 
     Notifications(app)
     app.register_blueprint(ops)

@@ -66,8 +66,8 @@ def post_fork(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """Start this worker's listener and pruner, and end every stream promptly once the worker
     stops."""
-    from notifications.extension import EXTENSION_KEY
     from notifications.logs import attach_to_gunicorn
+    from notifications.state import EXTENSION_KEY
 
     attach_to_gunicorn(worker.log.error_log)
     state = worker.wsgi.extensions.get(EXTENSION_KEY) if hasattr(worker.wsgi, "extensions") else None
@@ -111,7 +111,7 @@ def _announce_demo_token(worker: Any, app: Any) -> None:
 def worker_exit(server: Any, worker: Any) -> None:
     """The worker's loop has ended: end the streams it still holds (detached streams have no
     greenlet the worker would wait for), each with its last ``retry:``."""
-    from notifications.extension import EXTENSION_KEY
+    from notifications.state import EXTENSION_KEY
 
     state = worker.wsgi.extensions.get(EXTENSION_KEY) if hasattr(worker.wsgi, "extensions") else None
     if state is not None:

@@ -12,7 +12,7 @@ from flask_jwt_extended import create_access_token
 
 from .events import parse_duration
 from .exceptions import NotificationsError
-from .extension import get_state
+from .state import get_state
 
 cli = AppGroup("notifications", help="Publish events, mint development tokens, manage the events table.")
 
@@ -71,7 +71,7 @@ def prune_command(older_than: str | None) -> None:
     same cluster-wide lock (waiting for a pruner that holds it); print how many events."""
     state = get_state()
     age = _duration(older_than) if older_than is not None else None
-    click.echo(state.prune_once(age, wait=True))
+    click.echo(state.pruner.prune_once(age, wait=True))
 
 
 @cli.command("migrate")

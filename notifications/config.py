@@ -3,6 +3,7 @@ the environment, validated at ``init_app`` with errors that name the key."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -12,42 +13,9 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from .events import parse_channels, parse_duration
+from .exceptions import ConfigError as ConfigError  # raised here; importable from here too
 from .limits import Rate, parse_networks, parse_rate
 
-# Every key with its default, alphabetised. Values may be given as strings (environment).
-DEFAULTS: dict[str, Any] = {
-    "NOTIFICATIONS_AUTO_MIGRATE": True,
-    "NOTIFICATIONS_CONNECT_MESSAGE": True,
-    "NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS": "600/minute",
-    "NOTIFICATIONS_CONNECT_RATE_PER_USER": "60/minute",
-    "NOTIFICATIONS_CORS_ORIGINS": "",
-    "NOTIFICATIONS_DEV_MODE": False,
-    "NOTIFICATIONS_ENV": "development",
-    "NOTIFICATIONS_EXPIRY_WARNING": "60s",
-    "NOTIFICATIONS_HEARTBEAT_INTERVAL": 30.0,
-    "NOTIFICATIONS_HTTP_ERRORS": False,
-    "NOTIFICATIONS_LISTEN_DATABASE_URL": None,
-    "NOTIFICATIONS_LISTENER_PROBE_INTERVAL": 5.0,
-    "NOTIFICATIONS_MAX_BODY_BYTES": 4194304,
-    "NOTIFICATIONS_MAX_PAYLOAD_BYTES": 65536,
-    "NOTIFICATIONS_MAX_STREAM_LIFETIME": "1h",
-    "NOTIFICATIONS_MAX_STREAMS_PER_USER": 10,
-    "NOTIFICATIONS_POOL_SIZE": 5,
-    "NOTIFICATIONS_PRUNE_INTERVAL": "60s",
-    "NOTIFICATIONS_PUBLIC_CHANNELS": "",
-    "NOTIFICATIONS_QUEUE_SIZE": 1000,
-    "NOTIFICATIONS_RATE_LIMIT_EXEMPT": "127.0.0.0/8,::1",
-    "NOTIFICATIONS_REFUSAL_RETRY_MS": 30000,
-    "NOTIFICATIONS_REPLAY_CONCURRENCY": 8,
-    "NOTIFICATIONS_RETENTION": "7d",
-    "NOTIFICATIONS_RETENTION_MAX_EVENTS": None,
-    "NOTIFICATIONS_RETRY_MS": 3000,
-    "NOTIFICATIONS_SCHEMA": None,
-    "NOTIFICATIONS_STREAM_LEASE": "30s",
-    "NOTIFICATIONS_TABLE": "notification_events",
-    "NOTIFICATIONS_TICKET_TTL": "30s",
-    "NOTIFICATIONS_TOKEN_CACHE": 10000,
-}
 # Keys owned by other libraries that this package also reads from the environment.
 PASSTHROUGH_KEYS = (
     "DATABASE_URL",
@@ -65,10 +33,6 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and what it accepts."""
-
-
 def _bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -84,8 +48,11 @@ def _number(kind: Callable[[Any], Any], minimum: float) -> Callable[[str, Any], 
     def convert(key: str, value: Any) -> Any:
         try:
             number = kind(value)
-        except (TypeError, ValueError):
+            finite = math.isfinite(number)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}={value!r}: expected a number") from None
+        if not finite:
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
         if number < minimum:
             raise ConfigError(f"{key}={value!r}: must be at least {minimum}")
         return number
@@ -121,19 +88,110 @@ def _optional(convert: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return wrapped
 
 
-def normalize_database_url(url: str) -> str:
-    """Always psycopg2: accept ``postgres://``, ``postgresql://`` and ``postgresql+psycopg2://``."""
+def normalize_database_url(url: str, key: str = "DATABASE_URL") -> str:
+    """Always psycopg2: accept ``postgres://``, ``postgresql://`` and ``postgresql+psycopg2://``
+    (``key``: the setting it came from, for the error)."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg2://" + url[len(prefix) :]
     if url.startswith("postgresql+psycopg2://"):
         return url
-    raise ConfigError(f"DATABASE_URL={url.split('@')[-1]!r}: expected a postgresql:// URL")
+    raise ConfigError(f"{key}={url.split('@')[-1]!r}: expected a postgresql:// URL")
+
+
+def _env(key: str, value: Any) -> str:
+    env = str(value).strip().lower()
+    if env not in ("development", "production", "testing"):
+        raise ConfigError(f"{key}={env!r}: one of development, production, testing")
+    return env
+
+
+def _channels(key: str, value: Any) -> frozenset[str]:
+    try:
+        return frozenset(parse_channels(str(value or "")))
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _identifier(key: str, value: Any) -> str:
+    if not (_IDENTIFIER.fullmatch(str(value)) and len(str(value)) <= 40):
+        raise ConfigError(f"{key}={value!r}: up to 40 letters, digits and '_', not starting with a digit")
+    return str(value)
+
+
+def _or_zero(convert: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``convert``, with an empty value read as 0 (off)."""
+    return lambda key, value: convert(key, value or 0)
+
+
+def _text(key: str, value: Any) -> str:
+    return str(value or "")
+
+
+def _lease(key: str, value: Any) -> float:
+    return float(_number(float, 1)(key, _duration(key, value)))
+
+
+def _url(key: str, value: Any) -> str:
+    return normalize_database_url(str(value), key)
+
+
+_positive = _number(int, 1)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One ``NOTIFICATIONS_*`` setting: its ``Settings`` field, default, parser and what the
+    README's configuration table shows as its default."""
+
+    name: str
+    field: str
+    default: Any
+    parse: Callable[[str, Any], Any]
+    shown: str
+
+
+# Every key, alphabetised: the one list. ``Settings`` has a field for each (``read`` builds it
+# from here), and tests/unit/test_config_spec.py holds the README's table to it.
+SPEC: tuple[Key, ...] = (
+    Key("NOTIFICATIONS_AUTO_MIGRATE", "auto_migrate", True, _bool, "`true`"),
+    Key("NOTIFICATIONS_CONNECT_MESSAGE", "connect_message", True, _bool, "`true`"),
+    Key("NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS", "connect_rate_per_address", "600/minute", _rate, "`600/minute`"),
+    Key("NOTIFICATIONS_CONNECT_RATE_PER_USER", "connect_rate_per_user", "60/minute", _rate, "`60/minute`"),
+    Key("NOTIFICATIONS_CORS_ORIGINS", "cors_origins", "", _text, "empty (no CORS)"),
+    Key("NOTIFICATIONS_DEV_MODE", "dev_mode", False, _bool, "off"),
+    Key("NOTIFICATIONS_ENV", "env", "development", _env, "`development`"),
+    Key("NOTIFICATIONS_EXPIRY_WARNING", "expiry_warning", "60s", _duration, "`60s`"),
+    Key("NOTIFICATIONS_HEARTBEAT_INTERVAL", "heartbeat_interval", 30.0, _number(float, 0.05), "`30`"),
+    Key("NOTIFICATIONS_HTTP_ERRORS", "http_errors", False, _bool, "`false`"),
+    Key("NOTIFICATIONS_LISTEN_DATABASE_URL", "listen_database_url", None, _optional(_url), "`DATABASE_URL`"),
+    Key("NOTIFICATIONS_LISTENER_PROBE_INTERVAL", "listener_probe_interval", 5.0, _number(float, 0.1), "`5`"),
+    Key("NOTIFICATIONS_MAX_BODY_BYTES", "max_body_bytes", 4194304, _positive, "`4194304`"),
+    Key("NOTIFICATIONS_MAX_PAYLOAD_BYTES", "max_payload_bytes", 65536, _positive, "`65536`"),
+    Key("NOTIFICATIONS_MAX_STREAM_LIFETIME", "max_stream_lifetime", "1h", _or_zero(_duration), "`1h`"),
+    Key("NOTIFICATIONS_MAX_STREAMS_PER_USER", "max_streams_per_user", 10, _or_zero(_number(int, 0)), "`10`"),
+    Key("NOTIFICATIONS_POOL_SIZE", "pool_size", 5, _positive, "`5`"),
+    Key("NOTIFICATIONS_PRUNE_INTERVAL", "prune_interval", "60s", _duration, "`60s`"),
+    Key("NOTIFICATIONS_PUBLIC_CHANNELS", "public_channels", "", _channels, "empty"),
+    Key("NOTIFICATIONS_QUEUE_SIZE", "queue_size", 1000, _positive, "`1000`"),
+    Key("NOTIFICATIONS_RATE_LIMIT_EXEMPT", "rate_limit_exempt", "127.0.0.0/8,::1", _networks, "`127.0.0.0/8,::1`"),
+    Key("NOTIFICATIONS_REFUSAL_RETRY_MS", "refusal_retry_ms", 30000, _positive, "`30000`"),
+    Key("NOTIFICATIONS_REPLAY_CONCURRENCY", "replay_concurrency", 8, _positive, "`8`"),
+    Key("NOTIFICATIONS_RETENTION", "retention", "7d", _duration, "`7d`"),
+    Key("NOTIFICATIONS_RETENTION_MAX_EVENTS", "retention_max_events", None, _optional(_positive), "none"),
+    Key("NOTIFICATIONS_RETRY_MS", "retry_ms", 3000, _positive, "`3000`"),
+    Key("NOTIFICATIONS_SCHEMA", "schema", None, _optional(_identifier), "none (search path)"),
+    Key("NOTIFICATIONS_STREAM_LEASE", "stream_lease", "30s", _lease, "`30s`"),
+    Key("NOTIFICATIONS_TABLE", "table", "notification_events", _identifier, "`notification_events`"),
+    Key("NOTIFICATIONS_TICKET_TTL", "ticket_ttl", "30s", _duration, "`30s`"),
+    Key("NOTIFICATIONS_TOKEN_CACHE", "token_cache", 10000, _number(int, 0), "`10000`"),
+)
+DEFAULTS: dict[str, Any] = {key.name: key.default for key in SPEC}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Typed, validated settings of one app."""
+    """Typed, validated settings of one app: a field for each key of ``SPEC``."""
 
     auto_migrate: bool
     connect_message: bool
@@ -141,7 +199,7 @@ class Settings:
     connect_rate_per_user: Rate | None
     cors_origins: str
     dev_mode: bool
-    production: bool
+    env: str
     expiry_warning: float
     heartbeat_interval: float
     http_errors: bool
@@ -167,79 +225,19 @@ class Settings:
     ticket_ttl: float
     token_cache: int
 
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
 
 def read(config: dict[str, Any]) -> Settings:
     """Fill ``config`` with defaults (environment first) and return the validated settings."""
     for key in (*DEFAULTS, *PASSTHROUGH_KEYS):
         if key not in config and key in os.environ:
             config[key] = os.environ[key]
-    for key, default in DEFAULTS.items():
-        config.setdefault(key, default)
-    env = str(config["NOTIFICATIONS_ENV"]).strip().lower()
-    if env not in ("development", "production", "testing"):
-        raise ConfigError(f"NOTIFICATIONS_ENV={env!r}: one of development, production, testing")
-    try:
-        public = frozenset(parse_channels(str(config["NOTIFICATIONS_PUBLIC_CHANNELS"] or "")))
-    except ValueError as exc:
-        raise ConfigError(f"NOTIFICATIONS_PUBLIC_CHANNELS: {exc}") from None
-    table = str(config["NOTIFICATIONS_TABLE"])
-    schema = config["NOTIFICATIONS_SCHEMA"] or None
-    for key, name in (("NOTIFICATIONS_TABLE", table), ("NOTIFICATIONS_SCHEMA", schema)):
-        if name is not None and not (_IDENTIFIER.fullmatch(str(name)) and len(str(name)) <= 40):
-            raise ConfigError(f"{key}={name!r}: up to 40 letters, digits and '_', not starting with a digit")
-    listen_url = _optional(lambda _k, v: normalize_database_url(str(v)))(
-        "NOTIFICATIONS_LISTEN_DATABASE_URL", config["NOTIFICATIONS_LISTEN_DATABASE_URL"]
-    )
-    positive_int = _number(int, 1)
-    return Settings(
-        auto_migrate=_bool("NOTIFICATIONS_AUTO_MIGRATE", config["NOTIFICATIONS_AUTO_MIGRATE"]),
-        connect_message=_bool("NOTIFICATIONS_CONNECT_MESSAGE", config["NOTIFICATIONS_CONNECT_MESSAGE"]),
-        connect_rate_per_address=_rate(
-            "NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS", config["NOTIFICATIONS_CONNECT_RATE_PER_ADDRESS"]
-        ),
-        connect_rate_per_user=_rate(
-            "NOTIFICATIONS_CONNECT_RATE_PER_USER", config["NOTIFICATIONS_CONNECT_RATE_PER_USER"]
-        ),
-        max_streams_per_user=_number(int, 0)(
-            "NOTIFICATIONS_MAX_STREAMS_PER_USER", config["NOTIFICATIONS_MAX_STREAMS_PER_USER"] or 0
-        ),
-        ticket_ttl=_duration("NOTIFICATIONS_TICKET_TTL", config["NOTIFICATIONS_TICKET_TTL"]),
-        cors_origins=str(config["NOTIFICATIONS_CORS_ORIGINS"] or ""),
-        expiry_warning=_duration("NOTIFICATIONS_EXPIRY_WARNING", config["NOTIFICATIONS_EXPIRY_WARNING"]),
-        max_stream_lifetime=_duration(
-            "NOTIFICATIONS_MAX_STREAM_LIFETIME", config["NOTIFICATIONS_MAX_STREAM_LIFETIME"] or 0
-        ),
-        dev_mode=_bool("NOTIFICATIONS_DEV_MODE", config["NOTIFICATIONS_DEV_MODE"]),
-        production=env == "production",
-        heartbeat_interval=_number(float, 0.05)(
-            "NOTIFICATIONS_HEARTBEAT_INTERVAL", config["NOTIFICATIONS_HEARTBEAT_INTERVAL"]
-        ),
-        http_errors=_bool("NOTIFICATIONS_HTTP_ERRORS", config["NOTIFICATIONS_HTTP_ERRORS"]),
-        listen_database_url=listen_url,
-        listener_probe_interval=_number(float, 0.1)(
-            "NOTIFICATIONS_LISTENER_PROBE_INTERVAL", config["NOTIFICATIONS_LISTENER_PROBE_INTERVAL"]
-        ),
-        max_body_bytes=positive_int("NOTIFICATIONS_MAX_BODY_BYTES", config["NOTIFICATIONS_MAX_BODY_BYTES"]),
-        max_payload_bytes=positive_int("NOTIFICATIONS_MAX_PAYLOAD_BYTES", config["NOTIFICATIONS_MAX_PAYLOAD_BYTES"]),
-        pool_size=positive_int("NOTIFICATIONS_POOL_SIZE", config["NOTIFICATIONS_POOL_SIZE"]),
-        prune_interval=_duration("NOTIFICATIONS_PRUNE_INTERVAL", config["NOTIFICATIONS_PRUNE_INTERVAL"]),
-        public_channels=public,
-        rate_limit_exempt=_networks("NOTIFICATIONS_RATE_LIMIT_EXEMPT", config["NOTIFICATIONS_RATE_LIMIT_EXEMPT"]),
-        queue_size=positive_int("NOTIFICATIONS_QUEUE_SIZE", config["NOTIFICATIONS_QUEUE_SIZE"]),
-        refusal_retry_ms=positive_int("NOTIFICATIONS_REFUSAL_RETRY_MS", config["NOTIFICATIONS_REFUSAL_RETRY_MS"]),
-        replay_concurrency=positive_int("NOTIFICATIONS_REPLAY_CONCURRENCY", config["NOTIFICATIONS_REPLAY_CONCURRENCY"]),
-        retention=_duration("NOTIFICATIONS_RETENTION", config["NOTIFICATIONS_RETENTION"]),
-        retention_max_events=_optional(positive_int)(
-            "NOTIFICATIONS_RETENTION_MAX_EVENTS", config["NOTIFICATIONS_RETENTION_MAX_EVENTS"]
-        ),
-        retry_ms=positive_int("NOTIFICATIONS_RETRY_MS", config["NOTIFICATIONS_RETRY_MS"]),
-        schema=None if schema is None else str(schema),
-        stream_lease=_number(float, 1)(
-            "NOTIFICATIONS_STREAM_LEASE", _duration("NOTIFICATIONS_STREAM_LEASE", config["NOTIFICATIONS_STREAM_LEASE"])
-        ),
-        table=table,
-        token_cache=_number(int, 0)("NOTIFICATIONS_TOKEN_CACHE", config["NOTIFICATIONS_TOKEN_CACHE"]),
-    )
+    for name, default in DEFAULTS.items():
+        config.setdefault(name, default)
+    return Settings(**{key.field: key.parse(key.name, config[key.name]) for key in SPEC})
 
 
 def development_key(instance_path: str) -> str:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .exceptions import InvalidInput, PayloadTooLarge
+
 NOTIFICATION_TYPES = ("success", "error", "warning", "info")
 UPDATE_ACTIONS = ("created", "updated", "deleted")
 DEFAULT_DURATION_MS = 5000
@@ -22,10 +24,6 @@ MAX_USER_ID_LENGTH = 256
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class PayloadTooLarge(ValueError):
-    """An event's data is larger than ``NOTIFICATIONS_MAX_PAYLOAD_BYTES`` (HTTP publish: 413)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,24 +39,26 @@ class Event:
 def validate_event_name(name: object) -> str:
     """An event name: letters, digits, ``_ - . :``, 1-128 characters."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"invalid event name {name!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '_', '-', '.', ':'")
+        raise InvalidInput(f"invalid event name {name!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '_', '-', '.', ':'")
     return name
 
 
 def validate_channel(name: object) -> str:
     """A channel name: letters, digits, ``_ - . :``, 1-128 characters."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"invalid channel name {name!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '_', '-', '.', ':'")
+        raise InvalidInput(
+            f"invalid channel name {name!r}: use 1-{MAX_NAME_LENGTH} letters, digits, '_', '-', '.', ':'"
+        )
     return name
 
 
 def validate_user_id(user_id: object) -> str:
     """A user id: a non-empty string (numbers are accepted and compared as strings)."""
     if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
-        raise ValueError(f"invalid user id {user_id!r}: expected a string")
+        raise InvalidInput(f"invalid user id {user_id!r}: expected a string")
     text = str(user_id)
     if not text or len(text) > MAX_USER_ID_LENGTH or "\x00" in text:
-        raise ValueError(f"invalid user id {text[:40]!r}: 1-{MAX_USER_ID_LENGTH} characters, no NUL")
+        raise InvalidInput(f"invalid user id {text[:40]!r}: 1-{MAX_USER_ID_LENGTH} characters, no NUL")
     return text
 
 
@@ -68,23 +68,23 @@ def parse_channels(raw: str | None) -> tuple[str, ...]:
         return ()
     names = [part.strip() for part in raw.split(",")]
     if len(names) > MAX_CHANNELS_PER_STREAM:
-        raise ValueError(f"too many channels: at most {MAX_CHANNELS_PER_STREAM} per stream")
+        raise InvalidInput(f"too many channels: at most {MAX_CHANNELS_PER_STREAM} per stream")
     return tuple(dict.fromkeys(validate_channel(name) for name in names))
 
 
 def parse_duration(value: str | float | int) -> float:
     """Seconds as a number, or a number with a unit: ``30s``, ``15m``, ``6h``, ``7d``."""
     if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
+        raise InvalidInput(f"invalid duration {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
         match = _DURATION.fullmatch(str(value))
         if not match:
-            raise ValueError(f"invalid duration {value!r}: use seconds or 30s, 15m, 6h, 7d")
+            raise InvalidInput(f"invalid duration {value!r}: use seconds or 30s, 15m, 6h, 7d")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: must be a non-negative number")
+        raise InvalidInput(f"invalid duration {value!r}: must be a non-negative number")
     return seconds
 
 
@@ -103,9 +103,9 @@ def serialize(data: Any, max_bytes: int = 65536) -> str:
     try:
         text = _to_json(data)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"data is not JSON-serialisable: {exc}") from exc
+        raise InvalidInput(f"data is not JSON-serialisable: {exc}") from exc
     if "\\u0000" in text and _contains_nul(data):  # JSON writes a NUL as \u0000: look closer only then
-        raise ValueError("data contains a NUL character, which PostgreSQL cannot store")
+        raise InvalidInput("data contains a NUL character, which PostgreSQL cannot store")
     if len(text) * 4 > max_bytes:  # at most 4 UTF-8 bytes a character: count them only then
         size = len(text.encode("utf-8"))
         if size > max_bytes:
@@ -124,15 +124,15 @@ def build_notification(
 ) -> dict[str, Any]:
     """The data of a ``notification`` event."""
     if not isinstance(message, str) or not message:
-        raise ValueError("notification message must be a non-empty string")
+        raise InvalidInput("notification message must be a non-empty string")
     if notification_type not in NOTIFICATION_TYPES:
-        raise ValueError(f"invalid notification_type {notification_type!r}: one of {', '.join(NOTIFICATION_TYPES)}")
+        raise InvalidInput(f"invalid notification_type {notification_type!r}: one of {', '.join(NOTIFICATION_TYPES)}")
     if title is not None and not isinstance(title, str):
-        raise ValueError("notification title must be a string")
+        raise InvalidInput("notification title must be a string")
     if duration is None:
         duration = DEFAULT_DURATION_MS
     if isinstance(duration, bool) or not isinstance(duration, int) or duration < 0:
-        raise ValueError(f"invalid duration {duration!r}: a non-negative number of milliseconds")
+        raise InvalidInput(f"invalid duration {duration!r}: a non-negative number of milliseconds")
     data: dict[str, Any] = {"type": "notification", "notificationType": notification_type}
     if title is not None:
         data["title"] = title
@@ -144,11 +144,11 @@ def build_notification(
 def build_update(entity: object, action: object, payload: object) -> dict[str, Any]:
     """The data of an ``update`` event."""
     if not isinstance(entity, str) or not entity:
-        raise ValueError("update entity must be a non-empty string")
+        raise InvalidInput("update entity must be a non-empty string")
     if action not in UPDATE_ACTIONS:
-        raise ValueError(f"invalid action {action!r}: one of {', '.join(UPDATE_ACTIONS)}")
+        raise InvalidInput(f"invalid action {action!r}: one of {', '.join(UPDATE_ACTIONS)}")
     if not isinstance(payload, dict):
-        raise ValueError("update payload must be a JSON object (a dict)")
+        raise InvalidInput("update payload must be a JSON object (a dict)")
     return {"type": "update", "entity": entity, "action": action, "payload": payload}
 
 

@@ -23,8 +23,9 @@ from urllib.parse import parse_qsl
 from flask import Flask
 
 from .auth import AccessError, QueryTokenVerifier
-from .extension import State
-from .stream import StartResponse, stream_headers
+from .state import State
+from .stream import StartResponse
+from .transport import stream_headers
 from .views import admit, refusal
 
 log = logging.getLogger("notifications")

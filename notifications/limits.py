@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,14 +36,13 @@ import gevent.event
 import gevent.monkey
 from sqlalchemy import Connection, Engine, text
 
+from . import locks
 from .auth import AccessError
-from .exceptions import NotificationsError
+from .exceptions import InvalidInput, NotificationsError
 from .schema import Names
 
 DEFAULT_LEASE_SECONDS = 30.0
 ADMIT_WINDOW = 0.01  # seconds between two admission batches of one worker
-LOCK_NAMESPACE = 0x6E6F74
-LOCK_BUCKETS = 256  # advisory locks per batch at most, however many users it admits
 _BEAT = (
     "INSERT INTO {workers} (worker, seen_at) VALUES (%(worker)s, now()) "
     "ON CONFLICT (worker) DO UPDATE SET seen_at = now()"
@@ -71,7 +69,7 @@ def parse_networks(value: object) -> tuple[IPv4Network | IPv6Network, ...]:
     try:
         return tuple(ip_network(p, strict=False) for p in parts)
     except ValueError as exc:
-        raise ValueError(f"invalid network list {value!r}: {exc}") from None
+        raise InvalidInput(f"invalid network list {value!r}: {exc}") from None
 
 
 def parse_rate(value: object) -> Rate | None:
@@ -81,7 +79,7 @@ def parse_rate(value: object) -> Rate | None:
         return None
     match = _RATE.fullmatch(raw)
     if not match:
-        raise ValueError(f"invalid rate {value!r}: use N/second, N/minute, N/hour or N/day")
+        raise InvalidInput(f"invalid rate {value!r}: use N/second, N/minute, N/hour or N/day")
     return Rate(int(match.group(1)), _PERIODS[match.group(2)])
 
 
@@ -217,11 +215,11 @@ class Limits:
         n = self.names
         capped = bool(attempts and self.max_streams)
         head = ["BEGIN"]
-        params: dict[str, Any] = {"released": released, "ns": LOCK_NAMESPACE, "worker": self.worker}
+        params: dict[str, Any] = {"released": released, "ns": locks.LIMITS_NAMESPACE, "worker": self.worker}
         if released:
             head.append(f"DELETE FROM {n.sql('_streams')} WHERE id = ANY(%(released)s)")
         if capped:
-            params["buckets"] = sorted({zlib.crc32(a.user_id.encode()) % LOCK_BUCKETS for a in attempts})
+            params["buckets"] = sorted({locks.user_bucket(a.user_id) for a in attempts})
             head.append("SELECT pg_advisory_xact_lock(%(ns)s, b) FROM unnest(%(buckets)s::int[]) AS b")
             if time.monotonic() - self._last_beat >= self.lease_seconds / 3:
                 head.append(_BEAT.format(workers=n.sql("_workers")))  # this worker's streams count

@@ -3,11 +3,11 @@ from many workers and machines: an advisory lock serialises them)."""
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from .locks import migrate_key
 from .schema import Names
 
 
@@ -31,9 +31,7 @@ def upgrade(engine: Engine, names: Names | None = None, revision: str = "head") 
     config.attributes["table"] = names.table
     config.attributes["schema"] = names.schema
     with engine.begin() as conn:
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(f"migrate:{names.channel}".encode())}
-        )
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": migrate_key(names)})
         if names.schema:
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{names.schema}"'))
         config.attributes["connection"] = conn

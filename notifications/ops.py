@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from . import metrics
-from .extension import get_state
+from .state import get_state
 
 ops = Blueprint("notifications_ops", __name__)
 

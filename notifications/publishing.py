@@ -12,6 +12,7 @@ publish last, right before committing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -19,11 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .events import Event, build_notification, build_update, make_event
-from .exceptions import PublishError
-from .extension import get_state
+from .exceptions import InvalidInput, PublishError
+from .state import get_state
 
 RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset", "token-expiring"})
-_ITEM_KEYS = frozenset({"event", "data", "user_id", "channel"})
 
 __all__ = ["PublishError", "broadcast_update", "notify", "publish", "publish_many"]
 
@@ -32,24 +32,44 @@ def build_event(name: object, data: Any, user_id: object, channel: object, max_b
     """One validated event for the current app (reserved names and the payload cap included;
     ``max_bytes``: that cap, when the caller has read it already)."""
     if name in RESERVED_EVENTS:
-        raise ValueError(f"event name {name!r} is reserved for the stream itself")
+        raise InvalidInput(f"event name {name!r} is reserved for the stream itself")
     if max_bytes is None:
         max_bytes = get_state().settings.max_payload_bytes
     return make_event(name, data, user_id=user_id, channel=channel, max_bytes=max_bytes)
 
 
-def _append(events: list[Event], session: Any, connection: Connection | None) -> list[str]:
+def parse_items(items: Sequence[object], user_key: str = "user_id") -> list[Event]:
+    """Validate a batch, all or nothing: each item an object with ``event`` and ``data``, and
+    optionally ``user_key`` (``user_id`` in Python, ``userId`` over HTTP) and ``channel``; any
+    other key is an error (a misspelt target must never broadcast)."""
+    keys = frozenset({"event", "data", user_key, "channel"})
+    cap = get_state().settings.max_payload_bytes
+    built = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or "event" not in item or "data" not in item:
+            raise InvalidInput(f"item {index}: expected an object with 'event' and 'data'")
+        unknown = item.keys() - keys
+        if unknown:
+            raise InvalidInput(f"item {index}: unknown keys {sorted(unknown)}: use {', '.join(sorted(keys))}")
+        try:
+            built.append(build_event(item["event"], item["data"], item.get(user_key), item.get("channel"), cap))
+        except InvalidInput as exc:
+            raise type(exc)(f"item {index}: {exc}") from None
+    return built
+
+
+def append(events: Sequence[Event], session: Any = None, connection: Connection | None = None) -> list[str]:
+    """Store ``events`` (one transaction of their own, or the app's: ``session=`` /
+    ``connection=``); return their ids. The one way events are stored, and counted."""
     state = get_state()
     if session is not None and connection is not None:
-        raise ValueError("pass session= or connection=, not both")
+        raise InvalidInput("pass session= or connection=, not both")
     if session is not None:
         if not hasattr(session, "connection"):
-            raise ValueError("session= must be an SQLAlchemy Session (or Flask-SQLAlchemy's db.session)")
+            raise InvalidInput("session= must be an SQLAlchemy Session (or Flask-SQLAlchemy's db.session)")
         connection = session.connection()
-    if connection is None:
-        return state.append(events)
     try:
-        ids = state.store.append_in(connection, events)
+        ids = state.store.append(events) if connection is None else state.store.append_in(connection, events)
     except SQLAlchemyError as exc:
         raise PublishError(f"could not store the event: {type(exc).__name__}") from exc
     metrics.EVENTS_PUBLISHED.inc(len(ids))
@@ -69,7 +89,7 @@ def notify(
 ) -> str:
     """Store a ``notification`` (a toast) for everyone, one user or one channel; return its id."""
     data = build_notification(message, notification_type, title, duration)
-    return _append([build_event("notification", data, user_id, channel)], session, connection)[0]
+    return append([build_event("notification", data, user_id, channel)], session, connection)[0]
 
 
 def broadcast_update(
@@ -84,7 +104,7 @@ def broadcast_update(
 ) -> str:
     """Store an ``update`` (``created``/``updated``/``deleted`` of an entity); return its id."""
     data = build_update(entity, action, payload)
-    return _append([build_event("update", data, user_id, channel)], session, connection)[0]
+    return append([build_event("update", data, user_id, channel)], session, connection)[0]
 
 
 def publish(
@@ -97,7 +117,7 @@ def publish(
     connection: Connection | None = None,
 ) -> str:
     """Store a custom event (any JSON ``data``); return its id."""
-    return _append([build_event(event, data, user_id, channel)], session, connection)[0]
+    return append([build_event(event, data, user_id, channel)], session, connection)[0]
 
 
 def publish_many(
@@ -107,19 +127,7 @@ def publish_many(
 
     Each item is ``{"event": ..., "data": ..., "user_id"?: ..., "channel"?: ...}``.
     """
-    built = []
-    cap = get_state().settings.max_payload_bytes
-    for index, item in enumerate(events):
-        if not isinstance(item, dict):
-            raise ValueError(f"item {index}: expected a dict with 'event' and 'data'")
-        unknown = item.keys() - _ITEM_KEYS
-        if unknown:  # a misspelt "user_id" (or the HTTP shape's "userId") must not broadcast
-            raise ValueError(f"item {index}: unknown keys {sorted(unknown)}: use {', '.join(sorted(_ITEM_KEYS))}")
-        try:
-            event = build_event(item.get("event"), item.get("data"), item.get("user_id"), item.get("channel"), cap)
-        except ValueError as exc:
-            raise type(exc)(f"item {index}: {exc}") from None
-        built.append(event)
+    built = parse_items(events)
     if not built:
         return []
-    return _append(built, session, connection)
+    return append(built, session, connection)

@@ -1,6 +1,6 @@
 """One open stream, from its first byte to its last, independent of Flask.
 
-A stream is served in one of two ways (see ``fanout.Subscriber``):
+A stream is served in one of two ways (see ``transport.Subscriber``):
 
 * **Detached** (a plain HTTP/1.1 GET under a gunicorn gevent worker): the request's greenlet
   writes ``retry:``, the connect message and the replay through the server, then takes the
@@ -23,7 +23,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -34,9 +34,9 @@ from . import metrics
 from .auth import Identity
 from .clock import http_date
 from .events import serialize
-from .extension import State
-from .fanout import Subscriber, chunked
 from .sse import encode, jittered
+from .state import State
+from .transport import Subscriber, chunked
 
 log = logging.getLogger("notifications.stream")
 
@@ -47,11 +47,6 @@ CONNECT_MESSAGE = {
     "duration": 5000,
 }
 _CONNECT_DATA = serialize(CONNECT_MESSAGE)
-STREAM_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
 
@@ -247,6 +242,7 @@ class StreamSession:
         if self.timer is not None:
             self.timer.close()
             self.timer = None
+        self.sub.unwatch()
         self.state.hub.unsubscribe(self.sub)
         self.release()
         reason = self.sub.closed or self.reason
@@ -416,8 +412,3 @@ def _send_with_head(response: Any, data: bytes) -> None:
     response.headers_sent = True
     response.sent += len(data)
     response.sock.sendall("".join(head).encode("latin-1") + chunked(data))
-
-
-def stream_headers(extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-    """The response headers of a stream."""
-    return [("Content-Type", CONTENT_TYPE), *STREAM_HEADERS.items(), *extra]

@@ -20,14 +20,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .auth import AccessError, Identity, authenticate, authorize_publish, authorize_stream
-from .events import PayloadTooLarge, parse_channels, serialize, validate_user_id
-from .extension import State, get_state
-from .fanout import Subscriber
+from .events import parse_channels, serialize, validate_user_id
+from .exceptions import InvalidInput, PayloadTooLarge, PublishError
 from .limits import LimitsUnavailable
-from .publishing import PublishError, build_event
+from .publishing import append, parse_items
 from .sse import encode, jittered
-from .stream import STREAM_HEADERS, StartResponse, StreamSession, server_socket
+from .state import State, get_state
+from .stream import StartResponse, StreamSession, server_socket
 from .tickets import issue, redeem
+from .transport import Subscriber, stream_headers
 
 log = logging.getLogger("notifications.stream")
 
@@ -35,9 +36,7 @@ blueprint = Blueprint("notifications", __name__)
 
 
 def _event_stream(body: Iterator[bytes], status: int = 200) -> Response:
-    response = Response(body, status=status, mimetype="text/event-stream", direct_passthrough=True)
-    response.headers.update(STREAM_HEADERS)
-    return response
+    return Response(body, status=status, headers=stream_headers(), direct_passthrough=True)
 
 
 def refusal(state: State, error: AccessError) -> Response:
@@ -95,8 +94,7 @@ class StreamResponse(Response):
     with the headers Flask and its extensions (CORS) gave it."""
 
     def __init__(self, session: StreamSession) -> None:
-        super().__init__(session.run(), mimetype="text/event-stream", direct_passthrough=True)
-        self.headers.update(STREAM_HEADERS)
+        super().__init__(session.run(), headers=stream_headers(), direct_passthrough=True)
         self.session = session
         # A body that never runs (HEAD) releases the stream's slot when werkzeug closes it.
         self.call_on_close(session.release)
@@ -117,70 +115,64 @@ def _admit(state: State, subject: str, address: str | None) -> int | None:
         return None
 
 
+@blueprint.errorhandler(AccessError)
+def _refused(exc: AccessError) -> tuple[Response, int]:
+    """Every refusal of a JSON route: ``{"error", "code", ...detail}`` with that status."""
+    return jsonify(exc.as_data()), exc.code
+
+
+@blueprint.errorhandler(InvalidInput)
+def _invalid(exc: InvalidInput) -> tuple[Response, int]:
+    """Invalid events: 422 (413 when too large), nothing stored."""
+    code = 413 if isinstance(exc, PayloadTooLarge) else 422
+    return jsonify({"error": str(exc), "code": code}), code
+
+
+@blueprint.errorhandler(PublishError)
+def _unavailable(exc: PublishError) -> tuple[Response, int]:
+    current_app.logger.error("publish failed: %s", exc)
+    return jsonify({"error": "the event could not be stored", "code": 503}), 503
+
+
 @blueprint.post("/ticket")
 def ticket() -> tuple[Response, int]:
     """Trade the real token (header or cookie) for a short-lived, single-use stream ticket."""
     state = get_state()
-    try:
-        identity = authenticate(locations=("headers", "cookies"), cache=state.verified_tokens)
-    except AccessError as exc:
-        return jsonify(exc.as_data()), exc.code
+    identity = authenticate(locations=("headers", "cookies"), cache=state.verified_tokens)
     ttl = state.settings.ticket_ttl
     if identity.expires_at is not None:
         ttl = max(0.0, min(ttl, identity.expires_at - time.time()))
     try:
         value = issue(state.store.engine, state.names, identity, ttl)
     except SQLAlchemyError:
-        return jsonify({"error": "tickets are unavailable: the database is unreachable", "code": 503}), 503
+        raise AccessError(503, "tickets are unavailable: the database is unreachable") from None
     return jsonify({"ticket": value, "expiresIn": int(ttl)}), 201
 
 
 @blueprint.post("/publish")
 def publish_http() -> tuple[Response, int]:
+    """One event object, or an array of them (all or nothing), for services that are not Python."""
     state = get_state()
-    try:
-        identity = authenticate(locations=("headers",), cache=state.verified_tokens)
-    except AccessError as exc:
-        return jsonify(exc.as_data()), exc.code
+    identity = authenticate(locations=("headers",), cache=state.verified_tokens)
     if not request.is_json:
-        return jsonify({"error": "send the body as Content-Type: application/json", "code": 415}), 415
+        raise AccessError(415, "send the body as Content-Type: application/json")
     cap = state.settings.max_body_bytes
     if request.content_length is not None and request.content_length > cap:
-        return jsonify({"error": f"the body is larger than {cap} bytes", "code": 413}), 413
+        raise AccessError(413, f"the body is larger than {cap} bytes")
     raw = request.stream.read(cap + 1)
     if len(raw) > cap:
-        return jsonify({"error": f"the body is larger than {cap} bytes", "code": 413}), 413
+        raise AccessError(413, f"the body is larger than {cap} bytes")
     try:
         body: Any = json.loads(raw)
     except (ValueError, RecursionError):
-        return jsonify({"error": "the body must be JSON: an event object or an array of them", "code": 400}), 400
+        raise AccessError(400, "the body must be JSON: an event object or an array of them") from None
     items = body if isinstance(body, list) else [body]
     if not items:
-        return jsonify({"error": "the array of events is empty", "code": 422}), 422
-    events = []
-    try:
-        for index, item in enumerate(items):
-            if not isinstance(item, dict) or "event" not in item or "data" not in item:
-                raise ValueError(f"item {index}: expected an object with 'event' and 'data'")
-            unknown = set(item) - {"event", "data", "userId", "channel"}
-            if unknown:
-                raise ValueError(f"item {index}: unknown keys {sorted(unknown)}")
-            try:
-                event = build_event(item["event"], item["data"], item.get("userId"), item.get("channel"))
-            except ValueError as exc:
-                raise type(exc)(f"item {index}: {exc}") from None
-            authorize_publish(identity, event.user_id, event.channel)
-            events.append(event)
-    except AccessError as exc:
-        return jsonify(exc.as_data()), exc.code
-    except ValueError as exc:
-        code = 413 if isinstance(exc, PayloadTooLarge) else 422
-        return jsonify({"error": str(exc), "code": code}), code
-    try:
-        ids = state.append(events)
-    except PublishError as exc:
-        current_app.logger.error("publish failed: %s", exc)
-        return jsonify({"error": "the event could not be stored", "code": 503}), 503
+        raise AccessError(422, "the array of events is empty")
+    events = parse_items(items, user_key="userId")
+    for event in events:
+        authorize_publish(identity, event.user_id, event.channel)
+    ids = append(events)
     if isinstance(body, list):
         return jsonify({"ids": ids}), 201
     return jsonify({"id": ids[0]}), 201

@@ -1,13 +1,14 @@
 """Browser tier: Debian's headless Chromium, driven by Playwright, against a real gunicorn server.
 
-Every test here is marked ``browser`` (``pytest -m browser`` runs this tier, ``-m "not browser"``
-skips it). No browser is ever downloaded: Chromium is the system one (``apt-get install chromium``),
-``NOTIFICATIONS_TEST_CHROMIUM`` overrides its path. A machine without it FAILS these tests with
-the install line; it never skips them.
+Every test here is marked ``browser`` by folder (``pytest -m browser`` runs this tier,
+``-m "not browser"`` skips it). No browser is ever downloaded: Chromium is the system one
+(``apt-get install chromium``), ``NOTIFICATIONS_TEST_CHROMIUM`` overrides its path. A machine
+without it FAILS these tests with the install line; it never skips them.
 
-One server for the session (two gevent workers, a fixed JWT key, the demo page on), two small
-"other origin" web servers on their own ports for the CORS tests (one of them allowed by
-``NOTIFICATIONS_CORS_ORIGINS``), and a fresh browser context per test.
+One server for the session (two gevent workers, the demo page on) on a database of its own for
+the session, two small "other origin" web servers on their own ports for the CORS tests (one of
+them allowed by ``NOTIFICATIONS_CORS_ORIGINS``), and a fresh browser context per test. The
+PostgreSQL server, ``jwt_secret`` and ``user`` are the shared fixtures (tests/support/fixtures.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import threading
@@ -31,7 +31,6 @@ from tests.support import pg
 from tests.support.publisher import Publisher
 from tests.support.server import GunicornServer, wait_until_serving
 
-HERE = Path(__file__).parent
 CHROMIUM = os.environ.get("NOTIFICATIONS_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -51,16 +50,6 @@ RETRY_MS = 500  # the stream's retry: (jittered 250..750 ms), so reconnections a
 REFUSAL_RETRY_MS = 3000  # a refusal's retry: (jittered 1500..4500 ms)
 # The access log line of every request, with the headers the tests look at (tokens are redacted).
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s last-event-id=%({last-event-id}i)s origin=%({origin}i)s'
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "browser: headless Chromium against a real gunicorn server")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.browser)
 
 
 # ---------------------------------------------------------------------------- the browser
@@ -123,40 +112,13 @@ def new_page(context: Any, page_log: PageLog) -> Iterator[Callable[[], Any]]:
     assert not page_log.errors, f"uncaught exceptions in the page: {page_log.errors}"
 
 
-@pytest.fixture
-def user() -> str:
-    return "user-" + secrets.token_hex(4)
-
-
 # ---------------------------------------------------------------------------- PostgreSQL, gunicorn
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A fresh database: on ``DATABASE_URL``'s server if set, else in a throwaway cluster."""
-    if os.environ.get("DATABASE_URL"):
-        admin = pg.sqlalchemy_url(os.environ["DATABASE_URL"])
-        url = pg.create_database(admin, "t_browser")
-        yield url
-        pg.drop_database(admin, url)
-        return
-    from notifications.embedded import EmbeddedPostgres
-
-    base = Path(tempfile.mkdtemp(prefix="notifications-browser-pg-"))
-    base.chmod(0o755)  # PostgreSQL runs as another user when we are root
-    cluster = EmbeddedPostgres(base / "data")
-    try:
-        admin = cluster.start()
-        url = pg.create_database(admin, "t_browser")
-        yield url
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def jwt_secret() -> str:
-    return secrets.token_urlsafe(32)
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """The database of the session's server (on the shared PostgreSQL), for the whole session."""
+    yield from pg.fresh_database(pg_admin_url, "browser")
 
 
 @pytest.fixture(scope="session")

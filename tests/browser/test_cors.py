@@ -33,14 +33,22 @@ OPEN_JS = """
 
 
 def open_from(
-    origin: OtherOrigin, server: GunicornServer, context: Any, new_page: Callable[[], Any], user: str,
+    origin: OtherOrigin,
+    server: GunicornServer,
+    context: Any,
+    new_page: Callable[[], Any],
+    user: str,
     expect_response: bool = True,
 ) -> tuple[Any, dict[str, str]]:
-    context.add_cookies([{
-        "name": "access_token_cookie",
-        "value": mint(server.secret, user),
-        "url": f"http://{server.host}:{server.port}",
-    }])
+    context.add_cookies(
+        [
+            {
+                "name": "access_token_cookie",
+                "value": mint(server.secret, user),
+                "url": f"http://{server.host}:{server.port}",
+            }
+        ]
+    )
     page = new_page()
     page.goto(origin.origin + "/")
     url = f"http://{server.host}:{server.port}/api/notifications/stream?probe={user}"

@@ -60,8 +60,11 @@ def test_notifications_from_python_become_styled_toasts(
     ids = {}
     for kind in ("success", "error", "warning", "info"):
         ids[kind] = publisher.notify(
-            f"A {kind} message", notification_type=kind, title=f"{kind.title()} title",
-            duration=60_000, user_id=user,
+            f"A {kind} message",
+            notification_type=kind,
+            title=f"{kind.title()} title",
+            duration=60_000,
+            user_id=user,
         )
     wait_event(page, ids["info"])
     for kind in ("success", "error", "warning", "info"):
@@ -124,18 +127,26 @@ def test_custom_events_and_http_publish(
     status, body = http_publish(server, token, {"event": "build:done", "data": [1, 2, 3], "userId": user})
     assert status == 201
     b = body["id"]
-    status, body = http_publish(server, token, {
-        "event": "notification", "userId": user,
-        "data": {"type": "notification", "notificationType": "success", "message": "From HTTP", "duration": 60000},
-    })
+    status, body = http_publish(
+        server,
+        token,
+        {
+            "event": "notification",
+            "userId": user,
+            "data": {"type": "notification", "notificationType": "success", "message": "From HTTP", "duration": 60000},
+        },
+    )
     c = body["id"]
     wait_event(page, c)
     got = [(e["type"], e["lastEventId"], e["data"]) for e in events(page)]
     assert got == [
         ("chat.message", str(a), {"from": "ada", "text": "hi"}),
         ("build:done", str(b), [1, 2, 3]),
-        ("notification", str(c), {"type": "notification", "notificationType": "success",
-                                  "message": "From HTTP", "duration": 60000}),
+        (
+            "notification",
+            str(c),
+            {"type": "notification", "notificationType": "success", "message": "From HTTP", "duration": 60000},
+        ),
     ]
     toast(page, "From HTTP").wait_for()
     log = page.locator("#log li")
@@ -143,9 +154,7 @@ def test_custom_events_and_http_publish(
     assert log.filter(has_text="build:done").count() == 1
 
 
-def test_the_page_form_publishes_every_kind(
-    server: GunicornServer, new_page: Callable[[], Any], user: str
-) -> None:
+def test_the_page_form_publishes_every_kind(server: GunicornServer, new_page: Callable[[], Any], user: str) -> None:
     page = open_demo(new_page, server, f"?user={user}")
     page.get_by_label("Send to").select_option("me")  # so no other page sees them
 
@@ -189,9 +198,7 @@ def test_the_page_form_publishes_every_kind(
     assert "not valid JSON" in page.locator("#publish-result").inner_text()
 
 
-def test_reset_and_refusal_are_visible_on_the_demo(
-    server: GunicornServer, new_page: Callable[[], Any]
-) -> None:
+def test_reset_and_refusal_are_visible_on_the_demo(server: GunicornServer, new_page: Callable[[], Any]) -> None:
     # a last event id beyond the newest: the stream sends reset (unknown-id), the page says so
     page = open_demo(new_page, server, "?lastEventId=999999999999")
     page.wait_for_function("demo.events.some(e => e.type === 'reset')")

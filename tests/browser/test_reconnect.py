@@ -42,9 +42,7 @@ def test_killed_worker_browser_reconnects_with_last_event_id_and_gets_missed_eve
     page.wait_for_function("demo.state === 'reconnecting'", timeout=5000)
 
     # EventSource reconnects by itself (the page never makes a new one) ...
-    page.wait_for_function(
-        "n => demo.states.filter(s => s.state === 'open').length > n", arg=opened, timeout=20_000
-    )
+    page.wait_for_function("n => demo.states.filter(s => s.state === 'open').length > n", arg=opened, timeout=20_000)
     page.wait_for_function("id => demo.events.some(e => e.lastEventId === id)", arg=str(missed[-1]))
     after = publisher.notify("after the crash", user_id=user, duration=60_000)
     page.wait_for_function("id => demo.events.some(e => e.lastEventId === id)", arg=str(after))
@@ -57,8 +55,11 @@ def test_killed_worker_browser_reconnects_with_last_event_id_and_gets_missed_eve
     assert page.locator('#orders tr[data-id="77"]').count() == 1
     assert page.locator("#toasts .toast", has_text="missed 1").count() == 1
     # the connect message of the new stream carries the cursor the browser sent back
-    connects = [e for e in page.evaluate("demo.events") if e["type"] == "notification"
-                and e["data"].get("message") == "Connected to notification stream"]
+    connects = [
+        e
+        for e in page.evaluate("demo.events")
+        if e["type"] == "notification" and e["data"].get("message") == "Connected to notification stream"
+    ]
     assert len(connects) == 2 and connects[1]["lastEventId"] == str(before)
 
     # Server side: the reconnection carried the header Last-Event-ID: <before>. A stream's access

@@ -35,14 +35,26 @@ def test_screenshot_of_the_demo_page(
     for action, payload in orders:
         publisher.broadcast_update("order", action, payload, user_id=user)
     publisher.publish("chat.message", {"from": "grace", "text": "Lunch at noon?"}, user_id=user)
-    publisher.notify("Version 1.4.2 is live.", notification_type="info",
-                     title="Deploy finished", duration=120_000, user_id=user)
-    publisher.notify("Only 3 left of \u201cBlue mug\u201d.", notification_type="warning",
-                     title="Stock running low", duration=120_000, user_id=user)
-    publisher.notify("Order #1045: the card was declined.", notification_type="error",
-                     title="Payment failed", duration=120_000, user_id=user)
-    last = publisher.notify("Order #1042 was paid.", notification_type="success",
-                            title="Payment received", duration=120_000, user_id=user)
+    publisher.notify(
+        "Version 1.4.2 is live.", notification_type="info", title="Deploy finished", duration=120_000, user_id=user
+    )
+    publisher.notify(
+        "Only 3 left of \u201cBlue mug\u201d.",
+        notification_type="warning",
+        title="Stock running low",
+        duration=120_000,
+        user_id=user,
+    )
+    publisher.notify(
+        "Order #1045: the card was declined.",
+        notification_type="error",
+        title="Payment failed",
+        duration=120_000,
+        user_id=user,
+    )
+    last = publisher.notify(
+        "Order #1042 was paid.", notification_type="success", title="Payment received", duration=120_000, user_id=user
+    )
     page.wait_for_function("id => demo.events.some(e => e.lastEventId === id)", arg=str(last))
     assert page.locator("#orders tbody tr[data-id]").count() == 4
     assert page.locator("#toasts .toast").count() == 4

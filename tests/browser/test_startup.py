@@ -20,9 +20,20 @@ def test_missing_chromium_is_a_failure_not_a_skip() -> None:
     env = {**os.environ, "NOTIFICATIONS_TEST_CHROMIUM": "/nonexistent/chromium"}
     env.pop("PYTEST_ADDOPTS", None)
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-         "tests/browser/test_startup.py::test_chromium_starts"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "tests/browser/test_startup.py::test_chromium_starts",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     out = run.stdout + run.stderr
     assert run.returncode == 1, out

@@ -4,16 +4,14 @@ workers, deploys, reconnect storms). Every test checks that each client received
 committed events it may see, once, in id order.
 
 Run: ``.venv/bin/pytest tests/chaos -q`` (or ``-m chaos``). Each test starts its own server on a
-fresh database; the PostgreSQL cluster is shared by the session.
+fresh database. The tier's PostgreSQL cluster is its own (its tests stop and restart it), shared
+by its tests; the JWT secret and ``token`` are the shared ones of ``tests/support/fixtures.py``.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import resource
-import secrets
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,12 @@ from typing import Any
 import pytest
 
 from tests.support import pg
+from tests.support.fixtures import report_logs_of
 from tests.support.server import GunicornServer, ServerError
 from tests.support.tokens import mint
 
 from .load import Ledger
 from .swarm import Swarm
-
-HERE = Path(__file__).parent
 
 # Every chaos server: reconnects are quick (retry 200 ms ±50 %), a quiet listener connection is
 # probed every second, heartbeats every second (from the support server's base environment).
@@ -36,34 +33,6 @@ CHAOS_ENV = {
     "NOTIFICATIONS_LISTENER_PROBE_INTERVAL": "1",
     "NOTIFICATIONS_PUBLIC_CHANNELS": "alpha,beta,gamma,delta",  # scenario.CHANNELS
 }
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "chaos: faults under load on real PostgreSQL and gunicorn+gevent (tests/chaos)")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.chaos)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for srv in getattr(item, "_chaos_servers", []):
-            report.sections.append(("gunicorn log (access lines left out)", server_log(srv)))
-
-
-def server_log(srv: GunicornServer, limit: int = 150) -> str:
-    try:
-        lines = srv.log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no gunicorn log)"
-    kept = [line for line in lines if not line.startswith("127.0.0.1 - ")]
-    return f"{srv.log_path}:\n" + "\n".join(kept[-limit:])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,48 +44,17 @@ def _open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-class Cluster:
-    """The session's PostgreSQL: an admin URL, and restart/stop for the tests that need them."""
-
-    def __init__(self, admin_url: str, embedded: Any = None) -> None:
-        self.admin_url = admin_url
-        self.embedded = embedded
-
-    def stop(self, mode: str = "fast") -> None:
-        assert self.embedded is not None
-        self.embedded.stop(mode=mode)
-
-    def start(self) -> None:
-        """Start the stopped cluster again; it must come back on its port (the URLs the servers
-        hold keep working)."""
-        assert self.embedded is not None
-        port = self.embedded.port
-        self.embedded.start()
-        assert self.embedded.port == port, (
-            f"EmbeddedPostgres.start() moved a restarted cluster from port {port} to {self.embedded.port}"
-        )
-
-
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    if os.environ.get("DATABASE_URL"):
-        yield Cluster(pg.sqlalchemy_url(os.environ["DATABASE_URL"]))
-        return
-    from notifications.embedded import EmbeddedPostgres
-
-    # PostgreSQL refuses root, so it runs as another user: its folder must be reachable (0755).
-    base = Path(tempfile.mkdtemp(prefix="notifications-chaos-pg-"))
-    base.chmod(0o755)
-    embedded = EmbeddedPostgres(base / "data")
-    try:
-        yield Cluster(embedded.start(), embedded)
-    finally:
-        embedded.stop(mode="immediate")
-        shutil.rmtree(base, ignore_errors=True)
+def cluster() -> Iterator[pg.Cluster]:
+    """The chaos tier's own PostgreSQL (``DATABASE_URL``'s server if set, where the tests that
+    stop and restart it skip): a cluster apart from the one the other tiers share, so that a
+    restart, or a test that fails with it stopped, never reaches their servers."""
+    with pg.server_for_tests("notifications-chaos-pg-", stop_mode="immediate") as own:
+        yield own
 
 
 @pytest.fixture
-def database_url(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+def database_url(cluster: pg.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database for one test."""
     url = pg.create_database(cluster.admin_url, "chaos_" + request.node.name[:30])
     yield url
@@ -127,17 +65,12 @@ def database_url(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[s
 
 
 @pytest.fixture
-def secret() -> str:
-    return secrets.token_urlsafe(32)
-
-
-@pytest.fixture
-def app(database_url: str, secret: str) -> Iterator[Any]:
+def app(database_url: str, jwt_secret: str) -> Iterator[Any]:
     """The service's Flask app in the test process, for publishing (migrates the database)."""
     from app import create_app
     from notifications.extension import get_state
 
-    application = create_app({"DATABASE_URL": database_url, "JWT_SECRET_KEY": secret})
+    application = create_app({"DATABASE_URL": database_url, "JWT_SECRET_KEY": jwt_secret})
     yield application
     get_state(application).store.engine.dispose()
 
@@ -148,29 +81,25 @@ def ledger() -> Ledger:
 
 
 @pytest.fixture
-def token(secret: str) -> Callable[[str], str]:
-    cache: dict[str, str] = {}
-
-    def make(user: str) -> str:
-        if user not in cache:
-            cache[user] = mint(secret, user, 3600)
-        return cache[user]
-
-    return make
+def token(token: Callable[..., str]) -> Callable[[str], str]:
+    """``token(user)``: the shared ``token``, one per user and test, so that the thousands of
+    clients of a test share a few tokens, as the tabs of one user do."""
+    return functools.cache(token)
 
 
 @pytest.fixture
 def launch(
-    database_url: str, secret: str, app: Any, request: pytest.FixtureRequest, tmp_path: Path
+    database_url: str, jwt_secret: str, app: Any, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., GunicornServer]]:
-    """``launch(env={...})``: a serving gunicorn (2 gevent workers); stopped after the test."""
+    """``launch(env={...})``: a serving gunicorn (2 gevent workers); stopped after the test, its
+    log in the report of a failed test."""
     servers: list[GunicornServer] = []
-    request.node._chaos_servers = servers
+    report_logs_of(request.node, servers)
 
     def make(env: dict[str, str] | None = None, workers: int = 2) -> GunicornServer:
         srv = GunicornServer(
             database_url,
-            secret,
+            jwt_secret,
             tmp_path / f"gunicorn-{len(servers)}.log",
             env={**CHAOS_ENV, **(env or {})},
             workers=workers,

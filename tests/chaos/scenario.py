@@ -112,7 +112,5 @@ def master_alive(srv: GunicornServer) -> bool:
     assert srv.proc is not None
     code = srv.proc.poll()
     if code is not None:
-        from .conftest import server_log
-
-        raise AssertionError(f"the gunicorn master exited with {code}\n{server_log(srv, 60)}")
+        raise AssertionError(f"the gunicorn master exited with {code}\n{srv.log_without_access(60)}")
     return True

@@ -170,7 +170,8 @@ def test_first_publish_after_a_database_restart_succeeds(app, cluster):
     must find them dead (they sat idle past the ping threshold) and use a fresh one, not fail."""
     if cluster.embedded is None:
         pytest.skip("needs the suite's own PostgreSQL cluster (DATABASE_URL is set)")
-    from notifications.extension import IDLE_PING_AFTER, get_state
+    from notifications.extension import get_state
+    from notifications.store import IDLE_PING_AFTER
 
     with app.app_context():
         before = int(publish("chaos", {"restart": "before"}))

@@ -33,9 +33,7 @@ def flask_cli(database_url, jwt_secret):
             timeout=60,
         )
         if check:
-            assert result.returncode == 0, (
-                f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
-            )
+            assert result.returncode == 0, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
         return result
 
     return run

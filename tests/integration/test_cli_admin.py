@@ -1,6 +1,6 @@
 """``flask --app app notifications migrate|prune|stats`` and the CLI's help and argument errors,
 each run as its own process with ``DATABASE_URL`` and ``JWT_SECRET_KEY`` in the environment
-(DESIGN §6 "CLI"). ``publish`` and ``token`` are in test_cli.py.
+(README "From the command line"). ``publish`` and ``token`` are in test_cli.py.
 
 ``prune`` runs the automatic pruner's path: under the cluster-wide pruning lock (waiting for a
 process that holds it), and it also deletes stale rows of the limit tables. The module's server

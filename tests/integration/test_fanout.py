@@ -25,12 +25,8 @@ def test_event_reaches_streams_on_both_workers(server, open_stream, token, user,
         assert received[2].json() == [1, 2, 3]
 
 
-def test_targeted_event_reaches_that_users_streams_on_both_workers(
-    server, open_stream, token, user, publisher
-):
-    clients, per_worker = server.open_on_all_workers(
-        lambda i: open_stream(token(user), name=f"{user}-{i}"), minimum=6
-    )
+def test_targeted_event_reaches_that_users_streams_on_both_workers(server, open_stream, token, user, publisher):
+    clients, per_worker = server.open_on_all_workers(lambda i: open_stream(token(user), name=f"{user}-{i}"), minimum=6)
     assert len(per_worker) == 2, per_worker
     for c in clients:
         c.wait_connected()
@@ -39,9 +35,7 @@ def test_targeted_event_reaches_that_users_streams_on_both_workers(
         c.wait_for_id(event_id)
 
 
-def test_concurrent_publishers_every_stream_gets_everything_in_id_order(
-    server, open_stream, token, user, publisher
-):
+def test_concurrent_publishers_every_stream_gets_everything_in_id_order(server, open_stream, token, user, publisher):
     """Many publishers at once (pitfall: ids become visible out of order): no event is skipped."""
     clients, _ = server.open_on_all_workers(lambda i: open_stream(token(user), name=f"c{i}"), minimum=6)
     start = max(int(c.wait_connected().id or 0) for c in clients)

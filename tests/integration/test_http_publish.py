@@ -1,5 +1,6 @@
-"""``POST /api/notifications/publish`` as a non-Python service uses it (DESIGN §2 Publishing,
-§6 "HTTP publish", "grant targets"): what it answers, and what a real stream then receives.
+"""``POST /api/notifications/publish`` as a non-Python service uses it (README "Publishing",
+"Over HTTP"; the grant a target needs is README "Grants"): what it answers, and what a real
+stream then receives.
 
 Malformed bodies and their status codes are in tests/security/test_bad_input.py, grant status
 codes in tests/security/test_grants.py; this module checks delivery and storage: an accepted

@@ -87,9 +87,7 @@ INVALID = [
         "notify-too-big",
     ],
 )
-def test_invalid_input_raises_value_error_and_stores_nothing(
-    open_stream, token, user, publisher, fn, args, kwargs
-):
+def test_invalid_input_raises_value_error_and_stores_nothing(open_stream, token, user, publisher, fn, args, kwargs):
     before = publisher.publish("before", {}, user_id=user)
     with pytest.raises(ValueError):
         publisher.call(fn, *args, **{"user_id": user, **kwargs})

@@ -1,4 +1,4 @@
-"""Refused streams (DESIGN §2): status 200, a long jittered ``retry:``, one ``error`` event, the end."""
+"""Refused streams (README "The stream"): status 200, a long jittered ``retry:``, one ``error`` event, the end."""
 
 from __future__ import annotations
 

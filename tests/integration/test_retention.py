@@ -1,7 +1,8 @@
-"""Retention (DESIGN §6 "retention", "cursor", "reset"): old events are pruned by themselves,
-``NOTIFICATIONS_RETENTION_MAX_EVENTS`` keeps the newest N, a client asking for pruned history
-gets ``reset`` / ``history-expired`` then exactly what is kept, pruning never blocks or loses
-publishes, and only one process prunes at a time.
+"""Retention (README "Configuration": ``NOTIFICATIONS_RETENTION``, ``..._RETENTION_MAX_EVENTS``,
+``NOTIFICATIONS_PRUNE_INTERVAL``; the ``reset`` event of README "The stream"): old events are
+pruned by themselves, ``NOTIFICATIONS_RETENTION_MAX_EVENTS`` keeps the newest N, a client asking
+for pruned history gets ``reset`` / ``history-expired`` then exactly what is kept, pruning never
+blocks or loses publishes, and only one process prunes at a time.
 
 Two servers: the module's (``NOTIFICATIONS_RETENTION=2s``, pruning every second) and a capped
 one on a database of its own (``NOTIFICATIONS_RETENTION_MAX_EVENTS``, pruning every second),
@@ -300,7 +301,7 @@ def test_pruning_while_publishing_loses_nothing_and_blocks_nothing(capped, cappe
         try:
             while not stop.is_set():
                 with pruner.app.app_context():
-                    prunes.append(get_state().prune_once())
+                    prunes.append(get_state().pruner.prune_once())
         except BaseException as exc:
             errors.append(exc)
 
@@ -362,7 +363,7 @@ def test_only_one_process_prunes_at_a_time(prune_db, jwt_secret):
     def run_first() -> None:
         try:
             with first.app.app_context():
-                result["first"] = get_state().prune_once()
+                result["first"] = get_state().pruner.prune_once()
         except BaseException as exc:
             result["error"] = exc
         finally:
@@ -375,13 +376,14 @@ def test_only_one_process_prunes_at_a_time(prune_db, jwt_secret):
         assert "error" not in result, result
         holders = query(
             prune_db,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND ((classid::bigint << 32) | objid::bigint) = %s",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ((classid::bigint << 32) | objid::bigint) = %s",  # this database's: other modules prune too
             key & 0xFFFFFFFFFFFFFFFF,
         )
         assert holders == [(1,)], f"the pruning lock is not held while pruning: {holders}"
         with second.app.app_context():
-            assert get_state().prune_once() is None, "a second process pruned while the first was pruning"
+            assert get_state().pruner.prune_once() is None, "a second process pruned while the first was pruning"
         assert table_ids(prune_db) == ids  # the second one deleted nothing
     finally:
         release.set()
@@ -392,7 +394,7 @@ def test_only_one_process_prunes_at_a_time(prune_db, jwt_secret):
     # the lock is free again: the second process prunes now
     newer = second.publish("old", 99)
     with second.app.app_context():
-        assert get_state().prune_once() == 1
+        assert get_state().pruner.prune_once() == 1
     assert newer not in table_ids(prune_db)
 
 
@@ -406,9 +408,9 @@ def test_prune_once_is_refused_while_another_session_holds_the_lock(prune_db, jw
         with state.store.engine.connect() as other:
             assert other.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": state.store.lock_key + 1}).scalar()
             started = time.monotonic()
-            assert state.prune_once() is None
+            assert state.pruner.prune_once() is None
             assert time.monotonic() - started < 2, "prune_once waited for the lock instead of giving up"
             assert event_id in table_ids(prune_db)
             other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": state.store.lock_key + 1})
             other.commit()
-        assert state.prune_once() == 1
+        assert state.pruner.prune_once() == 1

@@ -1,4 +1,4 @@
-"""Publishing inside the app's own transaction (DESIGN §2 Publishing, §6 "transactional publish"):
+"""Publishing inside the app's own transaction (README "Publishing", "From Python"):
 ``session=`` (a plain SQLAlchemy ``Session``, Flask-SQLAlchemy's ``db.session``) or
 ``connection=`` (a Core ``Connection`` from ``engine.begin()``). The event is delivered if and
 only if that transaction commits, never before the commit, and a rollback publishes nothing.

@@ -1,4 +1,4 @@
-"""Headers and the exact bytes of every event type on the wire (DESIGN §2, §6)."""
+"""Headers and the exact bytes of every event type on the wire (README "The stream: GET /api/notifications/stream")."""
 
 from __future__ import annotations
 
@@ -65,9 +65,7 @@ def test_connect_cursor_never_skips_an_event(open_stream, token, user, publisher
 def test_notification_event(open_stream, token, user, publisher):
     c = open_stream(token(user))
     c.wait_connected()
-    full = publisher.notify(
-        "Saved", notification_type="success", title="Order 7", duration=1234, user_id=user
-    )
+    full = publisher.notify("Saved", notification_type="success", title="Order 7", duration=1234, user_id=user)
     default = publisher.notify("Plain", user_id=user)
     assert_event_block(
         c.wait_for_id(full),

@@ -1,34 +1,8 @@
 """Fixtures of the ops tier: real nginx, two instances, metrics and health.
 
-The database, token and server fixtures are the integration tier's, imported here.
+The database, token and server fixtures are the shared ones (``tests/support/fixtures.py``):
+a fresh database and a gunicorn server per module. What is particular to the tier is in its
+modules: nginx in front of the module's server (``test_nginx.py``), a second instance on the
+same database (``test_two_instances.py``), a PostgreSQL cluster of the module's own that the
+health test stops and restarts (``test_operability.py``).
 """
-
-from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
-
-from tests.integration.conftest import (  # noqa: F401  (fixtures)
-    database_url,
-    jwt_secret,
-    open_stream,
-    pg_admin_url,
-    publisher,
-    server,
-    server_env,
-    token,
-    user,
-)
-
-HERE = Path(__file__).parent
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "ops: nginx in front, several instances, metrics and health")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.ops)

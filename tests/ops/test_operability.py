@@ -5,15 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from notifications.embedded import EmbeddedPostgres
 from tests.support import pg
 from tests.support.publisher import Publisher
 from tests.support.server import GunicornServer
@@ -21,22 +17,16 @@ from tests.support.tokens import mint
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[EmbeddedPostgres]:
-    """A cluster of this module's own: the health test stops and restarts it."""
-    base = Path(tempfile.mkdtemp(prefix="notifications-ops-pg-"))
-    base.chmod(0o755)
-    own = EmbeddedPostgres(base / "data")
-    own.start()
-    try:
+def cluster() -> Iterator[pg.Cluster]:
+    """A cluster of this module's own (even with ``DATABASE_URL`` set): the health test stops
+    and restarts it."""
+    with pg.throwaway_cluster("notifications-ops-pg-") as own:
         yield own
-    finally:
-        own.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def database_url(cluster: EmbeddedPostgres) -> str:
-    return pg.create_database(cluster.url(), "ops")
+def database_url(cluster: pg.Cluster) -> str:
+    return pg.create_database(cluster.admin_url, "ops")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +85,7 @@ def test_metrics_follow_streams_and_events(server: GunicornServer, publisher: Pu
 
 
 def test_health_follows_the_database_down_and_back(
-    server: GunicornServer, publisher: Publisher, cluster: EmbeddedPostgres
+    server: GunicornServer, publisher: Publisher, cluster: pg.Cluster
 ) -> None:
     status, body = _get(server, "/readyz")
     assert status == 200 and json.loads(body)["status"] == "ready"

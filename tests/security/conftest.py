@@ -4,21 +4,19 @@ Every test talks to a real ``gunicorn -k gevent -w 2`` on loopback, backed by a 
 To keep the tier fast, one *main* server (session-scoped) serves most modules; modules that need
 other settings start their own servers through ``server_factory`` (module-scoped), each with the
 environment it needs on top of ``tests.support.server.BASE_ENV`` (whose generous limits are
-overridden per server where limits are under test).
+overridden per server where limits are under test), on the module's ``database_url``.
+
+The PostgreSQL server, per-module databases, ``jwt_secret``, ``token``, ``user`` and
+``open_stream`` (here on the main server) are the shared fixtures of ``tests/support/fixtures.py``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,13 +24,10 @@ import pytest
 from tests.support import pg
 from tests.support.publisher import Publisher
 from tests.support.server import GunicornServer, ServerError, wait_until_serving
-from tests.support.sse_client import SSEClient
 from tests.support.tokens import mint
 
-HERE = Path(__file__).parent
-
-# The main server's settings (DESIGN §6 names). Public channels for the grant tests, the CORS
-# allowlist for the CORS tests, a small payload limit so 413 is cheap to provoke.
+# The main server's settings (keys of the README's "Configuration" table). Public channels for the
+# grant tests, the CORS allowlist for the CORS tests, a small payload limit so 413 is cheap to provoke.
 PUBLIC_CHANNELS = ("news", "status")
 CORS_ORIGINS = "https://app.example.com,https://*.example.org"
 MAX_PAYLOAD_BYTES = 4096
@@ -43,57 +38,14 @@ MAIN_ENV = {
 }
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "security: access control and abuse resistance against a real gunicorn+gevent server"
-    )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.security)
-
-
 # ---------------------------------------------------------------------------------- PostgreSQL
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url() -> Iterator[str]:
-    """``DATABASE_URL`` if set, else a throwaway cluster for the session (as in tests/integration)."""
-    if os.environ.get("DATABASE_URL"):
-        yield pg.sqlalchemy_url(os.environ["DATABASE_URL"])
-        return
-    from notifications.embedded import EmbeddedPostgres
-
-    base = Path(tempfile.mkdtemp(prefix="notifications-security-pg-"))
-    base.chmod(0o755)  # the cluster runs as another user (PostgreSQL refuses root)
-    cluster = EmbeddedPostgres(base / "data")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
 def main_database_url(pg_admin_url: str) -> Iterator[str]:
-    url = pg.create_database(pg_admin_url, "sec_main")
-    yield url
-    pg.drop_database(pg_admin_url, url)
-
-
-@pytest.fixture(scope="module")
-def database_url(pg_admin_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh database for one module's own servers."""
-    url = pg.create_database(pg_admin_url, "sec_" + request.module.__name__.rsplit(".", 1)[-1])
-    yield url
-    pg.drop_database(pg_admin_url, url)
-
-
-@pytest.fixture(scope="session")
-def jwt_secret() -> str:
-    return secrets.token_urlsafe(32)
+    """The main server's database, for the session (a module's own servers use the shared
+    per-module ``database_url``)."""
+    yield from pg.fresh_database(pg_admin_url, "security_main")
 
 
 # ---------------------------------------------------------------------------------- servers
@@ -194,37 +146,6 @@ def server_factory(
     factory = ServerFactory(tmp_path_factory, jwt_secret, database_url)
     yield factory
     factory.stop_all()
-
-
-# ---------------------------------------------------------------------------------- per test
-
-
-@pytest.fixture
-def token(jwt_secret: str) -> Callable[..., str]:
-    """``token(sub, ttl=3600, **claims)``: an HS256 token for the servers of this tier."""
-
-    def make(sub: str, ttl: float = 3600, **claims: Any) -> str:
-        return mint(jwt_secret, sub, ttl, **claims)
-
-    return make
-
-
-@pytest.fixture
-def user() -> str:
-    """A user id unique to the test."""
-    return "user-" + secrets.token_hex(4)
-
-
-@pytest.fixture
-def open_stream(server: GunicornServer, clients: list[SSEClient]) -> Callable[..., SSEClient]:
-    """``open_stream(token=..., params=..., headers=...)`` on the main server, closed after the test."""
-
-    def make(*args: Any, **kwargs: Any) -> SSEClient:
-        client = server.stream(*args, **kwargs)
-        clients.append(client)
-        return client
-
-    return make
 
 
 # ---------------------------------------------------------------------------------- the log

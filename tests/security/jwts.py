@@ -29,9 +29,7 @@ def claims(sub: str, ttl: float = 3600, **extra: Any) -> dict[str, Any]:
 
 
 def raw_token(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"") -> str:
-    return ".".join(
-        [b64(json.dumps(header).encode()), b64(json.dumps(payload).encode()), b64(signature)]
-    )
+    return ".".join([b64(json.dumps(header).encode()), b64(json.dumps(payload).encode()), b64(signature)])
 
 
 def hs256_raw(payload: Any, key: bytes, alg: str = "HS256") -> str:
@@ -77,9 +75,11 @@ class KeyPair:
         self.private_pem = self.private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
-        self.public_pem = self.private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        self.public_pem = (
+            self.private.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
 
     def sign(self, payload: dict[str, Any], algorithm: str | None = None) -> str:
         return jwt.encode(payload, self.private_pem, algorithm=algorithm or self.algorithm)

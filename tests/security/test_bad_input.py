@@ -2,7 +2,7 @@
 stay connected: after every attack the live streams must still receive a freshly published event,
 and the log must show no traceback and no 5xx.
 
-Expected answers: the stream's documented codes (DESIGN §2: ``reset`` unknown-id for a bad last
+Expected answers: the stream's documented codes (README "The stream": ``reset`` unknown-id for a bad last
 event id; 400/401/403 refusals; 405 for other methods), the publish endpoint's (README: 400,
 401, 403, 413, 422), and for requests over gunicorn's own limits (request line 4094 bytes, a header
 8190 bytes, 100 headers) gunicorn's 4xx: those never reach the app.
@@ -129,7 +129,7 @@ STREAM_CASES: dict[str, tuple[str, int | str]] = {
     "userId-257-chars": ("&userId=" + "u" * 257, 400),
     "userId-nul": ("&userId=a%00b", 400),
     "userId-10000-chars": ("&userId=" + "u" * 10_000, "gunicorn-4xx"),
-    "userId-crlf-injection": ("&userId=" + q("x\n\nevent: notification\ndata: {\"pwned\":1}\n"), 403),
+    "userId-crlf-injection": ("&userId=" + q('x\n\nevent: notification\ndata: {"pwned":1}\n'), 403),
     "userId-json-injection": ("&userId=" + q('","code":200,"x":"'), 403),
     "userId-twice": ("&userId=other&userId={user}", 403),
     "userId-unicode": ("&userId=" + q("\u202eadmin"), 403),
@@ -194,8 +194,9 @@ def test_huge_and_strange_headers(server, guarded, case):
     headers, expected = HEADER_CASES[case]
 
     def go() -> None:
-        raw = ("\r\n".join([f"GET {STREAM} HTTP/1.1", "Host: x", *[f"{k}: {v}" for k, v in headers]])
-               + "\r\n\r\n").encode("latin-1")
+        raw = (
+            "\r\n".join([f"GET {STREAM} HTTP/1.1", "Host: x", *[f"{k}: {v}" for k, v in headers]]) + "\r\n\r\n"
+        ).encode("latin-1")
         got = attempt(server, STREAM, raw_request=raw)
         if expected == "gunicorn-4xx":
             assert got.status is not None and 400 <= got.status < 500, got.status
@@ -217,8 +218,12 @@ def test_big_headers_with_a_valid_token_still_stream(server, guarded, token, use
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "POST"])
 def test_other_methods_on_the_stream_are_405(server, guarded, token, user, method):
-    r = guarded(method, lambda: request(server, method, f"{STREAM}?token={token(user)}", b"{}",
-                                        {"Authorization": f"Bearer {token(user)}"}))
+    r = guarded(
+        method,
+        lambda: request(
+            server, method, f"{STREAM}?token={token(user)}", b"{}", {"Authorization": f"Bearer {token(user)}"}
+        ),
+    )
     assert r.status == 405, (r.status, r.body[:200])
 
 
@@ -230,8 +235,9 @@ def test_unknown_methods_are_refused(server, guarded, token, user, method):
 
 
 def test_get_on_publish_is_405(server, guarded, token, user):
-    r = guarded("GET publish", lambda: request(server, "GET", PUBLISH,
-                                               headers={"Authorization": f"Bearer {token(user)}"}))
+    r = guarded(
+        "GET publish", lambda: request(server, "GET", PUBLISH, headers={"Authorization": f"Bearer {token(user)}"})
+    )
     assert r.status == 405
 
 
@@ -261,8 +267,7 @@ PUBLISH_CASES = {
     "invalid-json": P(raw=b'{"event": "x", "data": ', status=400),
     "empty-body": P(raw=b"", status=400),
     "not-utf8": P(raw=b'{"event":"x","data":"\xff\xfe"}', status=400),
-    "json-as-text-plain": P(raw=b'{"event":"x","data":1}', status=(400, 415),
-                            headers={"Content-Type": "text/plain"}),
+    "json-as-text-plain": P(raw=b'{"event":"x","data":1}', status=(400, 415), headers={"Content-Type": "text/plain"}),
     "non-object-string": P('"event"'),
     "non-object-number": P(42),
     "non-object-null": P(raw=b"null", status=(400, 422)),
@@ -339,7 +344,8 @@ def test_publish_refuses_a_declared_huge_body_without_waiting_for_it(server, gua
             s.sendall(
                 f"POST {PUBLISH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {2**30}\r\n\r\n".encode()
-                + b'{"event":"x","data":"' + b"d" * 65536
+                + b'{"event":"x","data":"'
+                + b"d" * 65536
             )
             try:
                 return s.recv(200)

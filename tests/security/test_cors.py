@@ -66,18 +66,26 @@ def test_never_star_with_credentials(server, clients, token, user):
         c.close()
 
 
-@pytest.mark.parametrize("path, method, headers", [
-    (STREAM, "GET", "authorization"),
-    (STREAM, "GET", "authorization, last-event-id, cache-control"),
-    (PUBLISH, "POST", "authorization, content-type"),
-    (TICKET, "POST", "Authorization"),
-])
+@pytest.mark.parametrize(
+    "path, method, headers",
+    [
+        (STREAM, "GET", "authorization"),
+        (STREAM, "GET", "authorization, last-event-id, cache-control"),
+        (PUBLISH, "POST", "authorization, content-type"),
+        (TICKET, "POST", "Authorization"),
+    ],
+)
 def test_preflight_from_allowed_origin(server, path, method, headers):
-    r = request(server, "OPTIONS", path, headers={
-        "Origin": "https://a.example.org",
-        "Access-Control-Request-Method": method,
-        "Access-Control-Request-Headers": headers,
-    })
+    r = request(
+        server,
+        "OPTIONS",
+        path,
+        headers={
+            "Origin": "https://a.example.org",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": headers,
+        },
+    )
     assert r.status in (200, 204), (r.status, r.body)
     assert r.header("Access-Control-Allow-Origin") == "https://a.example.org"
     assert r.header("Access-Control-Allow-Credentials") == "true"
@@ -88,11 +96,16 @@ def test_preflight_from_allowed_origin(server, path, method, headers):
 
 @pytest.mark.parametrize("origin", ["https://example.org.evil.com", "https://evil.com", "null"])
 def test_preflight_from_foreign_origin_is_not_allowed(server, origin):
-    r = request(server, "OPTIONS", PUBLISH, headers={
-        "Origin": origin,
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type",
-    })
+    r = request(
+        server,
+        "OPTIONS",
+        PUBLISH,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert r.status < 500
     assert r.header("Access-Control-Allow-Origin") is None, r.headers
     assert r.header("Access-Control-Allow-Credentials") is None
@@ -107,7 +120,12 @@ def test_cors_is_not_applied_outside_the_blueprint(server):
 def test_publish_answer_carries_cors_only_for_allowed_origin(server, token, user):
     tok = token(user, notifications={"publish": ["*"]})
     for origin, expected in (("https://app.example.com", "https://app.example.com"), ("https://evil.com", None)):
-        r = request(server, "POST", PUBLISH, b'{"event":"x","data":1}', {
-            "Authorization": f"Bearer {tok}", "Content-Type": "application/json", "Origin": origin})
+        r = request(
+            server,
+            "POST",
+            PUBLISH,
+            b'{"event":"x","data":1}',
+            {"Authorization": f"Bearer {tok}", "Content-Type": "application/json", "Origin": origin},
+        )
         assert r.status == 201
         assert r.header("Access-Control-Allow-Origin") == expected, (origin, r.headers)

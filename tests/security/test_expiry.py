@@ -22,10 +22,12 @@ from .wire import TICKET, request
 
 @pytest.fixture(scope="module")
 def servers(server_factory):
-    expiry, lifetime = server_factory.start_many([
-        {"name": "expiry", "env": {"NOTIFICATIONS_EXPIRY_WARNING": "2", "NOTIFICATIONS_TICKET_TTL": "1"}},
-        {"name": "lifetime", "env": {"NOTIFICATIONS_MAX_STREAM_LIFETIME": "2"}},
-    ])
+    expiry, lifetime = server_factory.start_many(
+        [
+            {"name": "expiry", "env": {"NOTIFICATIONS_EXPIRY_WARNING": "2", "NOTIFICATIONS_TICKET_TTL": "1"}},
+            {"name": "lifetime", "env": {"NOTIFICATIONS_MAX_STREAM_LIFETIME": "2"}},
+        ]
+    )
     return SimpleNamespace(expiry=expiry, lifetime=lifetime, publisher=server_factory.publisher())
 
 

@@ -49,8 +49,20 @@ last_ids = st.one_of(st.integers(-5, 10**21).map(str), any_text, st.sampled_from
 KEYS = ["token", "ticket", "userId", "channels", "lastEventId", "Token", "token[]", "x"]
 # header values as a browser or proxy might send them: printable latin-1, no CR/LF
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=80)
-HEADER_NAMES = ["Last-Event-ID", "Authorization", "Cookie", "Origin", "Accept", "Cache-Control",
-                "X-Forwarded-For", "Referer", "Accept-Encoding", "Range", "If-None-Match", "Upgrade"]
+HEADER_NAMES = [
+    "Last-Event-ID",
+    "Authorization",
+    "Cookie",
+    "Origin",
+    "Accept",
+    "Cache-Control",
+    "X-Forwarded-For",
+    "Referer",
+    "Accept-Encoding",
+    "Range",
+    "If-None-Match",
+    "Upgrade",
+]
 # (no "Expect": gunicorn answers an unknown expectation with 417 itself, as HTTP says)
 
 
@@ -73,8 +85,12 @@ def requests(draw):
     return tok_kind, token_where, params, headers
 
 
-@settings(max_examples=150, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(req=requests())
 def test_stream_fuzz(server, live, tokens, req):
     tok_kind, token_where, params, headers = req

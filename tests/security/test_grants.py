@@ -1,5 +1,6 @@
-"""Grants (DESIGN §2 "Grants", §6 targeting): who may read whose events and which channels, and who
-may publish where, as a client sees it on the main server (public channels: news, status)."""
+"""Grants (README "Grants"; targeting: README "Publishing"): who may read whose events and which
+channels, and who may publish where, as a client sees it on the main server (public channels:
+news, status)."""
 
 from __future__ import annotations
 
@@ -35,16 +36,25 @@ def test_other_user_without_grant_is_refused_naming_it(open_stream, token, user)
         {"notifications": {"subscribe": ["user"]}},
         {"mercure": {"subscribe": ["*"]}},  # another claim
     ],
-    ids=["string", "subscribe-string", "nested-list", "publish-only", "prefix-without-star",
-         "longer", "no-colon", "other-claim"],
+    ids=[
+        "string",
+        "subscribe-string",
+        "nested-list",
+        "publish-only",
+        "prefix-without-star",
+        "longer",
+        "no-colon",
+        "other-claim",
+    ],
 )
 def test_malformed_or_narrow_user_grants_do_not_widen(open_stream, token, user, claims):
     data = assert_refused(open_stream(token(user, **claims), params={"userId": "42"}), 403)
     assert data["userId"] == "42"
 
 
-@pytest.mark.parametrize("pattern", ["user:{target}", "user:*", "user:{target_prefix}*", "*"],
-                         ids=["exact", "user-star", "prefix", "star"])
+@pytest.mark.parametrize(
+    "pattern", ["user:{target}", "user:*", "user:{target_prefix}*", "*"], ids=["exact", "user-star", "prefix", "star"]
+)
 def test_user_grant_reads_that_users_events_not_the_owners(open_stream, token, publisher, user, pattern):
     target = f"{user}-target"
     claims = grant(subscribe=[pattern.format(target=target, target_prefix=target[:-3])])
@@ -150,11 +160,17 @@ def test_fifty_channels_of_128_chars_are_fine(open_stream, token, user):
 @pytest.mark.parametrize(
     "patterns, allowed, refused",
     [
-        (["orders"], [{"channel": "orders"}], [{"channel": "billing"}, {}, {"userId": "u1"},
-                                                {"channel": "orders", "userId": "u1"}]),
+        (
+            ["orders"],
+            [{"channel": "orders"}],
+            [{"channel": "billing"}, {}, {"userId": "u1"}, {"channel": "orders", "userId": "u1"}],
+        ),
         (["user:*"], [{"userId": "u1"}], [{}, {"channel": "orders"}]),
-        (["tenant-7:*", "user:u1"], [{"channel": "tenant-7:x", "userId": "u1"}],
-         [{"channel": "tenant-7:x", "userId": "u2"}, {"channel": "tenant-8:x"}]),
+        (
+            ["tenant-7:*", "user:u1"],
+            [{"channel": "tenant-7:x", "userId": "u1"}],
+            [{"channel": "tenant-7:x", "userId": "u2"}, {"channel": "tenant-8:x"}],
+        ),
         (["*"], [{}, {"channel": "orders"}, {"userId": "u1"}], []),
         ([], [], [{}, {"channel": "news"}, {"userId": "u1"}]),
     ],
@@ -183,8 +199,11 @@ def test_published_channel_event_reaches_subscribers_only(server, open_stream, t
     outsider = open_stream(token(f"{user}-o"))
     reader.wait_connected()
     outsider.wait_connected()
-    r = publish(server, token("svc", **grant(publish=["orders", "*"])),
-                {"event": "order.created", "data": {"id": 7}, "channel": "orders"})
+    r = publish(
+        server,
+        token("svc", **grant(publish=["orders", "*"])),
+        {"event": "order.created", "data": {"id": 7}, "channel": "orders"},
+    )
     assert r.status == 201, r.body
     got = reader.wait_for_id(r.json()["id"])
     assert got.type == "order.created" and got.json() == {"id": 7}
@@ -196,8 +215,9 @@ def test_batch_publish_is_all_or_nothing_on_grants(server, open_stream, token, u
     c = open_stream(token(user, **grant(subscribe=["orders"])), params={"channels": "orders"})
     c.wait_connected()
     tok = token("svc", **grant(publish=["orders"]))
-    r = publish(server, tok, [{"event": "a", "data": 1, "channel": "orders"},
-                              {"event": "b", "data": 2, "channel": "secret"}])
+    r = publish(
+        server, tok, [{"event": "a", "data": 1, "channel": "orders"}, {"event": "b", "data": 2, "channel": "secret"}]
+    )
     assert r.status == 403, r.body
     ok = publish(server, tok, [{"event": "c", "data": 3, "channel": "orders"}])
     assert ok.status == 201, ok.body

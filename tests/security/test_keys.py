@@ -26,29 +26,35 @@ ISSUER = "https://idp.example.com/"
 
 @pytest.fixture(scope="module")
 def keys():
-    return SimpleNamespace(rs=jwts.KeyPair("RS256"), es=jwts.KeyPair("ES256"), other_rs=jwts.KeyPair("RS256"),
-                           other_es=jwts.KeyPair("ES256"))
+    return SimpleNamespace(
+        rs=jwts.KeyPair("RS256"),
+        es=jwts.KeyPair("ES256"),
+        other_rs=jwts.KeyPair("RS256"),
+        other_es=jwts.KeyPair("ES256"),
+    )
 
 
 @pytest.fixture(scope="module")
 def servers(server_factory, keys):
-    rs, es = server_factory.start_many([
-        {
-            "name": "rs256",
-            "env": {"JWT_ALGORITHM": "RS256", "JWT_PUBLIC_KEY": keys.rs.public_pem},
-            "make_token": lambda sub: keys.rs.token(sub),
-        },
-        {
-            "name": "es256",
-            "env": {
-                "JWT_ALGORITHM": "ES256",
-                "JWT_PUBLIC_KEY": keys.es.public_pem,
-                "JWT_DECODE_AUDIENCE": AUDIENCE,
-                "JWT_DECODE_ISSUER": ISSUER,
+    rs, es = server_factory.start_many(
+        [
+            {
+                "name": "rs256",
+                "env": {"JWT_ALGORITHM": "RS256", "JWT_PUBLIC_KEY": keys.rs.public_pem},
+                "make_token": lambda sub: keys.rs.token(sub),
             },
-            "make_token": lambda sub: keys.es.token(sub, aud=AUDIENCE, iss=ISSUER),
-        },
-    ])
+            {
+                "name": "es256",
+                "env": {
+                    "JWT_ALGORITHM": "ES256",
+                    "JWT_PUBLIC_KEY": keys.es.public_pem,
+                    "JWT_DECODE_AUDIENCE": AUDIENCE,
+                    "JWT_DECODE_ISSUER": ISSUER,
+                },
+                "make_token": lambda sub: keys.es.token(sub, aud=AUDIENCE, iss=ISSUER),
+            },
+        ]
+    )
     return SimpleNamespace(rs=rs, es=es, publisher=server_factory.publisher())
 
 
@@ -118,8 +124,13 @@ def rs_forgeries(keys, secret, user):
     }
 
 
-RS_KINDS = list(rs_forgeries(SimpleNamespace(rs=jwts.KeyPair("RS256"), other_rs=jwts.KeyPair("RS256"),
-                                             es=jwts.KeyPair("ES256")), "s" * 32, "u"))
+RS_KINDS = list(
+    rs_forgeries(
+        SimpleNamespace(rs=jwts.KeyPair("RS256"), other_rs=jwts.KeyPair("RS256"), es=jwts.KeyPair("ES256")),
+        "s" * 32,
+        "u",
+    )
+)
 
 
 @pytest.mark.parametrize("kind", RS_KINDS)
@@ -142,8 +153,9 @@ def es_forgeries(keys, secret, user):
         "wrong-issuer": keys.es.token(user, aud=AUDIENCE, iss="https://evil.example.com/"),
         "issuer-prefix": keys.es.token(user, aud=AUDIENCE, iss=ISSUER + "x"),
         "es256-other-key": keys.other_es.token(user, aud=AUDIENCE, iss=ISSUER),
-        "hs256-with-public-key-pem": jwts.hs256_raw(jwts.claims(user, aud=AUDIENCE, iss=ISSUER),
-                                                    keys.es.public_pem.encode()),
+        "hs256-with-public-key-pem": jwts.hs256_raw(
+            jwts.claims(user, aud=AUDIENCE, iss=ISSUER), keys.es.public_pem.encode()
+        ),
         "alg-none": jwts.unsigned(jwts.claims(user, aud=AUDIENCE, iss=ISSUER)),
         "hs256-with-server-secret": mint(secret, user, aud=AUDIENCE, iss=ISSUER),
         "expired": keys.es.token(user, ttl=-5, aud=AUDIENCE, iss=ISSUER),
@@ -163,12 +175,15 @@ def test_es256_server_refuses(servers, stream_on, keys, jwt_secret, user, kind):
 
 def test_verify_only_deployment_starts_and_serves_no_development_routes(server_factory, keys, user, tmp_path):
     """A service whose tokens come from an identity provider holds only the public key: no
-    ``JWT_SECRET_KEY``. It must start, refuse forgeries, and (DESIGN §6 "development mode": a
-    configured key means no demo page and no dev-token route) expose no development routes."""
+    ``JWT_SECRET_KEY``. It must start, refuse forgeries, and (README "Configuration",
+    ``NOTIFICATIONS_DEV_MODE``: with a configured key the demo page and ``/dev/token`` are served
+    only when that is on) expose no development routes."""
     from tests.support.server import GunicornServer, ServerError
 
     srv = GunicornServer(
-        server_factory.default_url, "", tmp_path / "gunicorn.log",
+        server_factory.default_url,
+        "",
+        tmp_path / "gunicorn.log",
         env={"JWT_SECRET_KEY": "", "JWT_ALGORITHM": "ES256", "JWT_PUBLIC_KEY": keys.es.public_pem},
     )
     try:
@@ -178,7 +193,7 @@ def test_verify_only_deployment_starts_and_serves_no_development_routes(server_f
             pytest.fail(f"a JWT_PUBLIC_KEY-only server does not start:\n{str(exc)[-3000:]}")
         log = srv.log_path.read_text(errors="replace")
         crash = log.find("Exception in worker process")
-        assert crash < 0, f"a worker crashed while booting:\n{log[crash:crash + 2500]}"
+        assert crash < 0, f"a worker crashed while booting:\n{log[crash : crash + 2500]}"
         with srv.stream(keys.es.token(user)) as c:
             c.wait_connected()
         with srv.stream(mint("s" * 43, user)) as c:
@@ -198,5 +213,7 @@ def test_es256_publish_checks_tokens(servers, keys, user):
     assert publish(servers.es, tok, {"event": "x", "data": 1}).status == 201
     forged = jwts.hs256_raw(jwts.claims(user, aud=AUDIENCE, iss=ISSUER, notifications={"publish": ["*"]}), b"")
     assert publish(servers.es, forged, {"event": "x", "data": 1}).status == 401
-    assert request(servers.es, "POST", "/api/notifications/publish", b"{}",
-                   {"Content-Type": "application/json"}).status == 401
+    assert (
+        request(servers.es, "POST", "/api/notifications/publish", b"{}", {"Content-Type": "application/json"}).status
+        == 401
+    )

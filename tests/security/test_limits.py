@@ -55,11 +55,13 @@ def rates_database_url(pg_admin_url):
 
 @pytest.fixture(scope="module")
 def servers(server_factory, rates_database_url):
-    a, b, r = server_factory.start_many([
-        {"name": "limits-a", "env": LIMITS},
-        {"name": "limits-b", "env": LIMITS},
-        {"name": "rates", "env": RATES, "database_url": rates_database_url},
-    ])
+    a, b, r = server_factory.start_many(
+        [
+            {"name": "limits-a", "env": LIMITS},
+            {"name": "limits-b", "env": LIMITS},
+            {"name": "rates", "env": RATES, "database_url": rates_database_url},
+        ]
+    )
     return SimpleNamespace(a=a, b=b, r=r)
 
 
@@ -356,9 +358,16 @@ def test_forwarded_for_does_not_escape_the_address_limit(servers, token, user):
     refused = 0
     for i in range(PER_ADDRESS + 5):
         query = f"token={token(f'{user}-{i}')}"
-        got = attempt(srv, f"{STREAM}?{query}", source="127.0.0.4",
-                      headers={"X-Forwarded-For": f"203.0.113.{i}", "X-Real-IP": f"198.51.100.{i}",
-                               "Forwarded": f"for=192.0.2.{i}"})
+        got = attempt(
+            srv,
+            f"{STREAM}?{query}",
+            source="127.0.0.4",
+            headers={
+                "X-Forwarded-For": f"203.0.113.{i}",
+                "X-Real-IP": f"198.51.100.{i}",
+                "Forwarded": f"for=192.0.2.{i}",
+            },
+        )
         assert got.status == 200
         if got.error is not None:
             assert got.error["code"] == 429

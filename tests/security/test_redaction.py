@@ -50,19 +50,28 @@ def test_no_token_or_ticket_in_the_log(server, clients, token, user, publisher):
     with server.stream(params={"ticket": ticket}) as again:
         assert_refused(again, 401)
     # refused tokens are secrets too (an expired token may be one typo away from a live one)
-    for name, bad in (("expired", token(user, ttl=-5)), ("forged", jwts.tamper_signature(token(user))),
-                      ("garbage", "s3cr3t-" + "q" * 40)):
+    for name, bad in (
+        ("expired", token(user, ttl=-5)),
+        ("forged", jwts.tamper_signature(token(user))),
+        ("garbage", "s3cr3t-" + "q" * 40),
+    ):
         with server.stream(keep(name, bad)) as refused:
             assert_refused(refused, 401)
     # the token in other parameters and places
     with server.stream(params=[("channels", "news"), ("token", keep("second-param", token(user)))]) as s:
         s.wait_connected()
     # bearer publishes, accepted and refused
-    assert publish(server, keep("publish", token(user, notifications={"publish": ["*"]})),
-                   {"event": "x", "data": 1}).status == 201
+    assert (
+        publish(
+            server, keep("publish", token(user, notifications={"publish": ["*"]})), {"event": "x", "data": 1}
+        ).status
+        == 201
+    )
     assert publish(server, keep("publish-refused", token(user)), {"event": "x", "data": 1}).status == 403
-    assert publish(server, keep("publish-invalid", jwts.tamper_signature(token(user))),
-                   {"event": "x", "data": 1}).status == 401
+    assert (
+        publish(server, keep("publish-invalid", jwts.tamper_signature(token(user))), {"event": "x", "data": 1}).status
+        == 401
+    )
     # a token in the path as well as in the query (the access line redacts each part)
     in_path, after_path = keep("in-path", token(user)), keep("after-path", token(user))
     assert request(server, "GET", f"/api/notifications/jwt={in_path}?token={after_path}").status == 404
@@ -73,8 +82,12 @@ def test_no_token_or_ticket_in_the_log(server, clients, token, user, publisher):
         raw.sendall(f"GET {STREAM}?token={keep('bad-request-line', token(user))} HTTP/1.1 junk\r\n\r\n".encode())
         assert raw.recv(100).startswith(b"HTTP/1.1 4")
 
-    wait_for_log(server, lambda _: watch.since().count("POST /api/notifications/publish") >= 3
-                 and "Request Line is too large" in watch.since())
+    wait_for_log(
+        server,
+        lambda _: (
+            watch.since().count("POST /api/notifications/publish") >= 3 and "Request Line is too large" in watch.since()
+        ),
+    )
     log = watch.since()
     assert "token=[redacted]" in log and "ticket=[redacted]" in log, "the access log shows no redacted stream line"
     leaks = []
@@ -88,9 +101,10 @@ def test_no_token_or_ticket_in_the_log(server, clients, token, user, publisher):
 
 
 def test_token_in_the_referer_is_redacted(server, token, user):
-    """DESIGN §5: a JWT in a URL ends up in Referer too. A page opened as ``/page?token=...``
-    (a magic link, an OAuth-style redirect) sends that URL as the stream request's Referer, and
-    gunicorn's default access log format prints the Referer (``%(f)s``)."""
+    """README "Keeping the token out of URLs": a JWT in a URL ends up in ``Referer`` too. A page
+    opened as ``/page?token=...`` (a magic link, an OAuth-style redirect) sends that URL as the
+    stream request's Referer, and gunicorn's default access log format prints the Referer
+    (``%(f)s``)."""
     watch = LogWatch(server)
     secret = token(user, jti=os.urandom(8).hex())
     with server.stream(token(user), headers={"Referer": f"https://app.example.com/page?token={secret}"}) as s:

@@ -120,8 +120,13 @@ def test_ticket_endpoint_needs_a_valid_header_token(server, token, jwt_secret, u
 def test_ticket_endpoint_with_cookie_needs_the_csrf_header(server, token, user):
     """A cookie is sent by the browser on a cross-site POST too: without flask-jwt-extended's
     double-submit header, the cookie alone must not mint a ticket."""
-    r = request(server, "POST", TICKET, b"", {"Cookie": f"access_token_cookie={token(user)}",
-                                             "Origin": "https://evil.example.net"})
+    r = request(
+        server,
+        "POST",
+        TICKET,
+        b"",
+        {"Cookie": f"access_token_cookie={token(user)}", "Origin": "https://evil.example.net"},
+    )
     assert r.status == 401, (r.status, r.body)
 
 

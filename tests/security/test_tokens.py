@@ -45,12 +45,12 @@ def forged_tokens(secret: str, user: str) -> dict[str, str]:
         "alg-none": jwts.unsigned(jwts.claims(user)),
         "alg-None": jwts.unsigned(jwts.claims(user), alg="None"),
         "alg-NONE-with-signature": jwts.unsigned(jwts.claims(user), alg="NONE") + "c2ln",
-        "alg-none-real-signature": jwts.raw_token({"alg": "none"}, jwts.claims(user))[:-1]
-        + good.rsplit(".", 1)[1],
+        "alg-none-real-signature": jwts.raw_token({"alg": "none"}, jwts.claims(user))[:-1] + good.rsplit(".", 1)[1],
         "tampered-sub": jwts.tamper_payload(good, sub=f"{user}-admin"),
         "tampered-grant": jwts.tamper_payload(good, notifications={"subscribe": ["*"]}),
-        "tampered-exp": jwts.tamper_payload(jwt.encode(jwts.claims(user, ttl=-60), secret, algorithm="HS256"),
-                                            exp=now + 3600),
+        "tampered-exp": jwts.tamper_payload(
+            jwt.encode(jwts.claims(user, ttl=-60), secret, algorithm="HS256"), exp=now + 3600
+        ),
         "tampered-signature": jwts.tamper_signature(good),
         "signature-stripped": good.rsplit(".", 1)[0] + ".",
         "wrong-key": jwt.encode(jwts.claims(user), "x" * 32 + "another-secret", algorithm="HS256"),

@@ -56,8 +56,13 @@ def request(
         conn.close()
 
 
-def publish(srv: GunicornServer, bearer: str | None, payload: Any, raw: bytes | None = None,
-            headers: Mapping[str, str] | None = None) -> Reply:
+def publish(
+    srv: GunicornServer,
+    bearer: str | None,
+    payload: Any,
+    raw: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     if bearer is not None:
         hdrs["Authorization"] = f"Bearer {bearer}"
@@ -243,8 +248,7 @@ class Live:
 
     def check(self, what: str = "", timeout: float = 8.0) -> None:
         self.checks += 1
-        event_id = self.publisher.publish("live-check", {"n": self.checks, "after": what[:200]},
-                                          user_id=self.user)
+        event_id = self.publisher.publish("live-check", {"n": self.checks, "after": what[:200]}, user_id=self.user)
         for c in self.clients:
             assert not c.closed, f"a live stream was closed (after {what!r})\n{self.srv.log_tail(4000)}"
             c.wait_for_id(event_id, timeout=timeout)

@@ -16,7 +16,8 @@ class Published:
     channel: str | None
 
     def visible_to(self, user: str, channels: tuple[str, ...] = ()) -> bool:
-        """The DESIGN §6 targeting rule, from the point of view of one stream."""
+        """The targeting rule (README "Publishing": a ``user_id`` reaches only that user's streams,
+        a ``channel`` only the streams subscribed to it), from the point of view of one stream."""
         if self.user_id is not None and self.user_id != user:
             return False
         if self.channel is not None and self.channel not in channels:

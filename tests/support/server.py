@@ -148,6 +148,16 @@ class GunicornServer:
             return "(no gunicorn log)"
         return f"----- gunicorn log ({self.log_path}) -----\n{text}"
 
+    def log_without_access(self, limit: int = 150) -> str:
+        """The last ``limit`` lines of the log that are not access lines (a test with thousands of
+        streams writes thousands of those)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no gunicorn log)"
+        kept = [line for line in lines if not line.startswith("127.0.0.1 - ")]
+        return f"{self.log_path}:\n" + "\n".join(kept[-limit:])
+
     # ------------------------------------------------------------------ HTTP
 
     def get(self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 5) -> tuple[int, bytes]:

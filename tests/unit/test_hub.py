@@ -3,8 +3,9 @@ dispatching a burst (the routing index alone, no sockets: subscribers queue what
 
 from __future__ import annotations
 
-from notifications.fanout import Hub, Subscriber
+from notifications.fanout import Hub
 from notifications.store import StoredEvent
+from notifications.transport import Subscriber
 
 
 def events(first: int, last: int, user: str | None = None) -> list[StoredEvent]:
@@ -52,3 +53,24 @@ def test_a_caught_up_hub_routes_a_new_stream_at_its_cursor() -> None:
     hub.announce(4)  # an older doorbell read late changes nothing
     hub.dispatch(events(6, 7, user="u") + events(8, 8, user="someone-else"))
     assert received(sub) == [6, 7]
+
+
+def test_events_delivered_counts_only_what_a_stream_takes() -> None:
+    """``notifications_events_delivered_total`` once counted pushes that were then dropped: to a
+    closed stream, or an event a stream already had (replayed before it went live)."""
+    from prometheus_client import REGISTRY
+
+    def delivered() -> float:
+        return REGISTRY.get_sample_value("notifications_events_delivered_total") or 0.0
+
+    hub = Hub()
+    hub.start(0)
+    taking, closed, ahead = (Subscriber(f"u{i}", (), limit=100) for i in range(3))
+    for sub in (taking, closed, ahead):
+        hub.subscribe(sub)
+    closed.close("gone")
+    ahead.live, ahead.cursor = True, 5  # a live stream that already has everything up to 5
+    before = delivered()
+    hub.dispatch([StoredEvent(i, "e", "{}", None, None) for i in (4, 5)])
+    assert delivered() - before == 2  # both to ``taking``; none to ``closed``, none to ``ahead``
+    assert received(taking) == [4, 5] and received(closed) == []
