@@ -824,7 +824,7 @@ def targets(r: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
         )
     if "storm" in r:
         s = r["storm"]
-        ok = (s["caught_up"] == s["streams"] and s["all_caught_up_s"] <= 10 and s["error_count"] == 0
+        ok = (s["caught_up"] == s["streams"] and s["all_caught_up_s"] <= 5 and s["error_count"] == 0
               and s["streams_with_wrong_count"] == 0 and s["duplicates"] == 0)  # fmt: skip
         add(
             f"(6) reconnect storm {s['streams']:,} x 100 behind: all caught up",
@@ -973,6 +973,7 @@ def write_markdown(doc: dict[str, Any], table: str, path: Path) -> None:
         f"load generator (`bench/loadgen`, Go) pinned to CPU {LOADGEN_CPU}. "
         f"PostgreSQL {env['postgres'].get('server_version')} "
         f"(fsync={env['postgres'].get('fsync')}, synchronous_commit={env['postgres'].get('synchronous_commit')}).",
+        f"Connection limits: {env.get('limits', 'off')}; log level: info (the default). "
         f"Disk: {env.get('fdatasync_per_s')} fdatasync/s (pg_test_fsync). "
         f"Generator CPU: at most {doc['generator']['max_cpu_pct']} % of its core ({doc['generator']['phase']}).",
         "",

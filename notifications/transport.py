@@ -32,6 +32,10 @@ STREAM_HEADERS = {
 }
 
 
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # plain ints: an enum.Flag's | costs a call
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+
+
 def stream_headers(extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """The response headers of a stream (an admitted one or a refusal)."""
     return [("Content-Type", CONTENT_TYPE), *STREAM_HEADERS.items(), *extra]
@@ -98,7 +102,7 @@ class Subscriber:
 
     def _readable(self) -> None:
         try:
-            data = self.client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = self.client.recv(1, _PEEK)
         except BlockingIOError:
             return
         except OSError:
@@ -112,7 +116,7 @@ class Subscriber:
     def _discard_input(self) -> None:
         """A detached stream reads nothing: drop what a client sends after its request."""
         try:
-            while self.client.recv(65536, socket.MSG_DONTWAIT):
+            while self.client.recv(65536, _DONTWAIT):
                 pass
         except OSError:
             pass
