@@ -28,7 +28,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Tables:
     workers: Table
     streams: Table
     rates: Table
+    revocations: Table
 
 
 def define_tables(metadata: MetaData | None = None, names: Names | None = None) -> Tables:
@@ -109,6 +110,7 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
             Column("user_id", Text, nullable=False),
             Column("worker", String(128), nullable=False),
             Column("opened_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            Column("channels", ARRAY(Text), nullable=False, server_default="{}"),
             Index(f"ix_{t}_streams_user_id", "user_id"),
             schema=schema,
         ),
@@ -118,6 +120,13 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
             Column("key", Text, primary_key=True),
             Column("window", BigInteger, primary_key=True),
             Column("count", Integer, nullable=False),
+            schema=schema,
+        ),
+        revocations=Table(
+            f"{t}_revocations",
+            metadata,
+            Column("user_id", Text, primary_key=True),
+            Column("revoked_at", Float, nullable=False),  # epoch seconds: tokens issued before are void
             schema=schema,
         ),
     )

@@ -34,6 +34,7 @@ TABLES = {
     "notification_events_workers",
     "notification_events_streams",
     "notification_events_rates",
+    "notification_events_revocations",
     "notification_events_alembic_version",
 }
 

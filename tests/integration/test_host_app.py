@@ -23,7 +23,7 @@ from tests.support.publisher import Publisher, api
 from tests.support.tokens import mint
 
 SERVER_NAMES = {"NOTIFICATIONS_TABLE": "svc_events", "NOTIFICATIONS_SCHEMA": "svc"}
-SUFFIXES = ("", "_state", "_tickets", "_workers", "_streams", "_rates")
+SUFFIXES = ("", "_state", "_tickets", "_workers", "_streams", "_rates", "_revocations")
 
 
 @pytest.fixture(scope="module")
