@@ -42,12 +42,16 @@ class AccessError(NotificationsError):
 
 @dataclass(frozen=True)
 class Identity:
-    """A verified caller: its subject, expiry (epoch seconds) and grant patterns."""
+    """A verified caller: its subject, expiry (epoch seconds) and grant patterns; for a token,
+    also when it was issued (``iat``, None when it has none), since a revocation voids the
+    tokens issued before it (``control.Revocations``)."""
 
     subject: str
     expires_at: float | None
     subscribe: tuple[str, ...] = field(default=())
     publish: tuple[str, ...] = field(default=())
+    token: bool = False  # from a JWT (or a ticket traded for one), not the host app's own login
+    issued_at: float | None = None
 
 
 def _patterns(grant: Any, key: str) -> tuple[str, ...]:
@@ -185,11 +189,14 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
     if not isinstance(expires, (int, float)) or isinstance(expires, bool):
         raise AccessError(401, "invalid token: no expiry (exp)")
     grant = claims.get(GRANT_CLAIM)
+    issued = claims.get("iat")
     return Identity(
         subject=str(subject),
         expires_at=float(expires),
         subscribe=_patterns(grant, "subscribe"),
         publish=_patterns(grant, "publish"),
+        token=True,
+        issued_at=float(issued) if isinstance(issued, (int, float)) and not isinstance(issued, bool) else None,
     )
 
 

@@ -1,4 +1,4 @@
-"""``flask notifications ...``: publish, token, prune, migrate, stats."""
+"""``flask notifications ...``: publish, token, prune, migrate, stats, disconnect, revoke."""
 
 from __future__ import annotations
 
@@ -72,6 +72,32 @@ def prune_command(older_than: str | None) -> None:
     state = get_state()
     age = _duration(older_than) if older_than is not None else None
     click.echo(state.pruner.prune_once(age, wait=True))
+
+
+@cli.command("disconnect")
+@click.argument("user_id", metavar="USER")
+@click.option("--reason", default=None, help="Sent to the streams in their last error event.")
+def disconnect_command(user_id: str, reason: str | None) -> None:
+    """End every open stream of USER on every worker and machine; print how many were open."""
+    from .control import disconnect
+
+    try:
+        click.echo(disconnect(user_id, reason))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@cli.command("revoke")
+@click.argument("user_id", metavar="USER")
+def revoke_command(user_id: str) -> None:
+    """Void every token of USER issued before now (and end their streams); print how many
+    streams were open."""
+    from .control import revoke_tokens
+
+    try:
+        click.echo(revoke_tokens(user_id))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @cli.command("migrate")

@@ -124,6 +124,17 @@ def _or_zero(convert: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda key, value: convert(key, value or 0)
 
 
+def _presence(key: str, value: Any) -> str:
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return "on"
+    if text in _FALSE - {""}:
+        return "off"
+    if text in ("auto", ""):
+        return "auto"
+    raise ConfigError(f"{key}={value!r}: one of auto, on, off")
+
+
 def _text(key: str, value: Any) -> str:
     return str(value or "")
 
@@ -171,6 +182,7 @@ SPEC: tuple[Key, ...] = (
     Key("NOTIFICATIONS_MAX_STREAM_LIFETIME", "max_stream_lifetime", "1h", _or_zero(_duration), "`1h`"),
     Key("NOTIFICATIONS_MAX_STREAMS_PER_USER", "max_streams_per_user", 10, _or_zero(_number(int, 0)), "`10`"),
     Key("NOTIFICATIONS_POOL_SIZE", "pool_size", 5, _positive, "`5`"),
+    Key("NOTIFICATIONS_PRESENCE", "presence", "auto", _presence, "`auto`"),
     Key("NOTIFICATIONS_PRUNE_INTERVAL", "prune_interval", "60s", _duration, "`60s`"),
     Key("NOTIFICATIONS_PUBLIC_CHANNELS", "public_channels", "", _channels, "empty"),
     Key("NOTIFICATIONS_QUEUE_SIZE", "queue_size", 1000, _positive, "`1000`"),
@@ -210,6 +222,7 @@ class Settings:
     max_stream_lifetime: float
     max_streams_per_user: int
     pool_size: int
+    presence: str
     prune_interval: float
     public_channels: frozenset[str]
     queue_size: int

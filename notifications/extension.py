@@ -8,6 +8,7 @@ from flask import Flask
 from flask_jwt_extended import JWTManager
 
 from . import config as config_module
+from . import control_views as control_views  # its routes join the blueprint
 from . import cors, fastpath
 from .cli import cli
 from .exceptions import SetupError

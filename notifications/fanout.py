@@ -132,6 +132,13 @@ class Hub:
         missed.reverse()
         return missed
 
+    def end_streams(self, subject: str, reason: str, final: bytes) -> int:
+        """End every stream ``subject`` opened, with ``final`` as its last frame; return how many."""
+        ended = [sub for sub in [*self.everyone, *self.waiting] if sub.subject == subject and not sub.closed]
+        for sub in ended:
+            sub.close(reason, final)
+        return len(ended)
+
     def drain(self) -> None:
         """End every stream promptly (deploy, reload, shutdown)."""
         self.draining = True
@@ -161,8 +168,11 @@ class Listener:
         listen_engine: Engine,
         probe_interval: float,
         on_tick: Callable[[Connection], None] | None = None,
+        control: tuple[str, Callable[[Connection], None], Callable[[str], None]] | None = None,
     ) -> None:
         self.hub = hub
+        # The control channel: (its name, called after each LISTEN, called with each payload).
+        self.control = control
         self.on_tick = on_tick  # called after every wake-up, on the listener's connection
         self.store = store
         self.engine = listen_engine
@@ -200,6 +210,10 @@ class Listener:
         raw = conn.connection.dbapi_connection
         assert raw is not None
         conn.exec_driver_sql(f'LISTEN "{self.store.channel}"')
+        if self.control is not None:
+            channel, listening, _ = self.control
+            conn.exec_driver_sql(f'LISTEN "{channel}"')
+            listening(conn)  # after the LISTEN: nothing said meanwhile is missed
         if self.hub.cursor is None:
             self.hub.start(self.store.newest_id(conn))
         self.started.set()
@@ -227,10 +241,13 @@ class Listener:
             self._take_notifies(conn.connection.dbapi_connection)  # a burst: keep the head current
 
     def _take_notifies(self, raw: Any) -> None:
-        """Read the doorbells that arrived; each names the newest id its transaction committed."""
+        """Read the doorbells that arrived (each names the newest id its transaction committed)
+        and the control messages."""
         raw.poll()
         for note in raw.notifies:
-            if note.payload.isdigit():
+            if self.control is not None and note.channel == self.control[0]:
+                self.control[2](note.payload)
+            elif note.payload.isdigit():
                 self.hub.announce(int(note.payload))
         raw.notifies.clear()
 

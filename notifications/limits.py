@@ -89,6 +89,7 @@ class _Attempt:
 
     user_id: str
     keys: list[tuple[str, Rate]]
+    channels: str = ""  # comma-separated, for presence
     outcome: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
 
 
@@ -110,8 +111,11 @@ class Limits:
         rate_per_address: Rate | None,
         exempt_networks: Sequence[IPv4Network | IPv6Network] = (),
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        track_streams: bool = False,
     ) -> None:
         self.lease_seconds = lease_seconds
+        # A row per open stream: for the cap, and for presence (which can ask for them alone).
+        self.tracks_streams = bool(max_streams_per_user) or track_streams
         self.engine = engine
         self.names = names
         self.max_streams = max_streams_per_user
@@ -130,12 +134,12 @@ class Limits:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.max_streams or self.rate_per_user or self.rate_per_address)
+        return bool(self.tracks_streams or self.rate_per_user or self.rate_per_address)
 
-    def admit(self, user_id: str, address: str | None) -> int | None:
-        """Count this connection; return its lease id, or raise ``AccessError`` 429 (or
-        ``LimitsUnavailable``). Waits for the next batch (at most ``ADMIT_WINDOW`` plus one
-        transaction)."""
+    def admit(self, user_id: str, address: str | None, channels: Sequence[str] = ()) -> int | None:
+        """Count this connection (of ``user_id``, reading ``channels``); return its lease id, or
+        raise ``AccessError`` 429 (or ``LimitsUnavailable``). Waits for the next batch (at most
+        ``ADMIT_WINDOW`` plus one transaction)."""
         if not self.enabled:
             return None
         keys = []
@@ -143,7 +147,7 @@ class Limits:
             keys.append((f"user:{user_id}", self.rate_per_user))
         if self.rate_per_address is not None and self.counts_address(address):
             keys.append((f"addr:{address}", self.rate_per_address))
-        attempt = _Attempt(user_id, keys)
+        attempt = _Attempt(user_id, keys, ",".join(channels))
         if _threaded():
             self._settle([attempt], self._take_released())
         else:
@@ -214,6 +218,7 @@ class Limits:
         outcomes: list[int | AccessError | None] = [None] * len(attempts)
         n = self.names
         capped = bool(attempts and self.max_streams)
+        tracked = bool(attempts and self.tracks_streams)
         head = ["BEGIN"]
         params: dict[str, Any] = {"released": released, "ns": locks.LIMITS_NAMESPACE, "worker": self.worker}
         if released:
@@ -221,8 +226,8 @@ class Limits:
         if capped:
             params["buckets"] = sorted({locks.user_bucket(a.user_id) for a in attempts})
             head.append("SELECT pg_advisory_xact_lock(%(ns)s, b) FROM unnest(%(buckets)s::int[]) AS b")
-            if time.monotonic() - self._last_beat >= self.lease_seconds / 3:
-                head.append(_BEAT.format(workers=n.sql("_workers")))  # this worker's streams count
+        if tracked and time.monotonic() - self._last_beat >= self.lease_seconds / 3:
+            head.append(_BEAT.format(workers=n.sql("_workers")))  # this worker's streams count
         now = time.time()
         windows = {key: int(now // rate.period) * rate.period for a in attempts for key, rate in a.keys}
         added = Counter(key for a in attempts for key, _ in a.keys)
@@ -231,22 +236,19 @@ class Limits:
             keys = sorted(windows)  # rows locked in one order: concurrent batches cannot deadlock
             params.update(keys=keys, windows=[windows[k] for k in keys], counts=[added[k] for k in keys])
             parts.append("SELECT 'rate', key, count::bigint FROM counted")
-        if capped:
-            params.update(
-                users=sorted({a.user_id for a in attempts}),
-                lease=self.lease_seconds,
-                attempts=len(attempts),
-                streams=n.sql("_streams"),
+        if tracked:
+            params.update(attempts=len(attempts), streams=n.sql("_streams"))
+            parts.append(
+                "SELECT 'id', NULL, nextval(pg_get_serial_sequence(%(streams)s, 'id')) "
+                "FROM generate_series(1, %(attempts)s)"
             )
+        if capped:
+            params.update(users=sorted({a.user_id for a in attempts}), lease=self.lease_seconds)
             parts.append(
                 f"SELECT 'open', s.user_id, count(*) FROM {n.sql('_streams')} s "
                 f"JOIN {n.sql('_workers')} w ON w.worker = s.worker "
                 "WHERE s.user_id = ANY(%(users)s) AND w.seen_at > now() - make_interval(secs => %(lease)s) "
                 "GROUP BY s.user_id"
-            )
-            parts.append(
-                "SELECT 'id', NULL, nextval(pg_get_serial_sequence(%(streams)s, 'id')) "
-                "FROM generate_series(1, %(attempts)s)"
             )
         with self._lock:
             conn = self._connection()
@@ -267,17 +269,23 @@ class Limits:
                 cur.execute(";\n".join(head), params)
                 if parts:
                     self._decide(attempts, outcomes, cur.fetchall(), windows, added, now)
-                    admitted = [(o, a.user_id) for a, o in zip(attempts, outcomes, strict=True) if isinstance(o, int)]
+                    admitted = [(o, a) for a, o in zip(attempts, outcomes, strict=True) if isinstance(o, int)]
                     if admitted:
                         cur.execute(
-                            f"INSERT INTO {n.sql('_streams')} (id, user_id, worker) "
-                            "SELECT i, u, %(worker)s FROM unnest(%(ids)s::bigint[], %(users)s::text[]) AS t(i, u);\n"
+                            f"INSERT INTO {n.sql('_streams')} (id, user_id, worker, channels) "
+                            "SELECT i, u, %(worker)s, string_to_array(c, ',') "
+                            "FROM unnest(%(ids)s::bigint[], %(users)s::text[], %(channels)s::text[]) AS t(i, u, c);\n"
                             "COMMIT",
-                            {"worker": self.worker, "ids": [i for i, _ in admitted], "users": [u for _, u in admitted]},
+                            {
+                                "worker": self.worker,
+                                "ids": [i for i, _ in admitted],
+                                "users": [a.user_id for _, a in admitted],
+                                "channels": [a.channels for _, a in admitted],
+                            },
                         )
                     else:
                         cur.execute("COMMIT")
-                if capped:
+                if tracked:
                     self._last_beat = time.monotonic()
             except BaseException:
                 self._conn = None
@@ -307,9 +315,9 @@ class Limits:
                     outcomes[i] = AccessError(
                         429, "too many connection attempts; try again later", retryAfter=retry_after
                     )
-            if outcomes[i] is not None or not self.max_streams:
+            if outcomes[i] is not None or not self.tracks_streams:
                 continue
-            if open_streams[attempt.user_id] >= self.max_streams:
+            if self.max_streams and open_streams[attempt.user_id] >= self.max_streams:
                 outcomes[i] = AccessError(
                     429, f"too many open streams for this user (at most {self.max_streams})", retryAfter=5
                 )
@@ -347,14 +355,15 @@ class Limits:
     def beat(self, conn: Connection, every: float = 0.0) -> None:
         """Renew this worker's lease (at most once per ``every`` seconds)."""
         now = time.monotonic()
-        if not self.max_streams or every and now - self._last_beat < every:
+        if not self.tracks_streams or every and now - self._last_beat < every:
             return
         conn.exec_driver_sql(_BEAT.format(workers=self.names.sql("_workers")), {"worker": self.worker})
         self._last_beat = now
 
     def open_streams(self) -> int | None:
-        """Open streams across every live worker and machine (known only when the cap is on)."""
-        if not self.max_streams:
+        """Open streams across every live worker and machine (known only when they are tracked:
+        the cap or presence is on)."""
+        if not self.tracks_streams:
             return None
         n = self.names
         with self.engine.connect() as conn:
@@ -369,7 +378,7 @@ class Limits:
 
     def close_worker(self) -> None:
         """This worker is exiting: its streams no longer count."""
-        if not self.max_streams:
+        if not self.tracks_streams:
             return
         try:
             with self.engine.begin() as conn:

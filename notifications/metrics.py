@@ -35,6 +35,10 @@ EVENTS_PUBLISHED = Counter("notifications_events_published_total", "Events store
 EVENTS_DELIVERED = Counter("notifications_events_delivered_total", "Events queued to open streams.")
 EVENTS_REPLAYED = Counter("notifications_events_replayed_total", "Events sent as replay after a reconnect.")
 SLOW_CONSUMERS = Counter("notifications_slow_consumers_total", "Streams closed because their queue overflowed.")
+DISCONNECTED_STREAMS = Counter(
+    "notifications_disconnected_streams_total", "Streams ended by a disconnect or a token revocation."
+)
+REVOCATIONS = Counter("notifications_revocations_total", "Token revocations made by this process.")
 LISTENER_RECONNECTS = Counter("notifications_listener_reconnects_total", "Times a listener lost its connection.")
 DELIVERY_LATENCY = Histogram(
     "notifications_delivery_latency_seconds",

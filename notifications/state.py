@@ -16,6 +16,7 @@ from sqlalchemy.pool import NullPool
 from . import metrics
 from .auth import Identity, VerifiedTokens, authenticate, cacheable_tokens
 from .config import Settings
+from .control import Revocations, control_channel, handle
 from .exceptions import SetupError
 from .fanout import Hub, Listener
 from .limits import Limits
@@ -51,6 +52,7 @@ class State:
         self._limits: Limits | None = None
         self._pruner: Pruner | None = None
         self._pruning: gevent.Greenlet | None = None
+        self._revocations: Revocations | None = None
 
     @property
     def store(self) -> EventStore:
@@ -83,8 +85,24 @@ class State:
                 s.connect_rate_per_address,
                 s.rate_limit_exempt,
                 s.stream_lease,
+                track_streams=s.presence == "on",
             )
         return self._limits
+
+    @property
+    def presence(self) -> bool:
+        """Whether presence is kept (see ``presence``)."""
+        return self.settings.presence != "off" and self.limits.tracks_streams
+
+    @property
+    def revocations(self) -> Revocations:
+        if self._revocations is None:
+            self._revocations = Revocations(
+                self.store.engine,
+                self.names,
+                current=lambda: self._listener is not None and self._listener.connected.is_set(),
+            )
+        return self._revocations
 
     @property
     def pruner(self) -> Pruner:
@@ -110,9 +128,14 @@ class State:
                     "application_name": "notifications-listener",
                 },
             )
-            limits = self.limits
+            limits, revocations, hub = self.limits, self.revocations, self.hub
             self._listener = Listener(
-                self.hub, self.store, engine, probe, on_tick=lambda conn: self._tick(conn, limits)
+                hub,
+                self.store,
+                engine,
+                probe,
+                on_tick=lambda conn: self._tick(conn, limits),
+                control=(control_channel(self.names), revocations.load, lambda note: handle(note, hub, revocations)),
             )
         return self._listener
 
@@ -129,7 +152,13 @@ class State:
                 return found
             if found is not None:
                 return Identity(subject=str(found), expires_at=None)
-        return authenticate(cache=self.verified_tokens)
+        return self.authenticate()
+
+    def authenticate(self, locations: tuple[str, ...] = ("query_string", "headers", "cookies")) -> Identity:
+        """The request's JWT, verified (``auth.authenticate``) and not revoked."""
+        identity = authenticate(locations, cache=self.verified_tokens)
+        self.revocations.check(identity)
+        return identity
 
     def start(self) -> None:
         """Start this process's listener and its pruner, if not yet started (gunicorn does it

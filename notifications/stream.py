@@ -33,6 +33,7 @@ import gevent.socket
 from . import metrics
 from .auth import Identity
 from .clock import http_date
+from .control import REVOKED_REASON, disconnect_frame
 from .events import serialize
 from .sse import encode, jittered
 from .state import State
@@ -80,6 +81,7 @@ class StreamSession:
     """One open stream: connect, replay what was missed, then live events and heartbeats."""
 
     __slots__ = (
+        "identity",
         "state",
         "sub",
         "expires_at",
@@ -107,6 +109,7 @@ class StreamSession:
         self.lease = lease  # its slot in the per-user limit, released when it ends
         self.reason = "client"  # why the stream ended, for metrics, unless the subscriber says
         self.sub = sub
+        self.identity = identity
         self.expires_at = identity.expires_at
         self.warn_at = None if identity.expires_at is None else identity.expires_at - settings.expiry_warning
         self.last_id = last_id
@@ -227,6 +230,8 @@ class StreamSession:
 
     def _begin(self) -> None:
         self.live_from = self.state.hub.subscribe(self.sub)  # every later event comes through it
+        if self.state.revocations.revoked(self.identity, cached_only=True):  # revoked while admitted
+            self.sub.close("revoked", disconnect_frame(REVOKED_REASON))
         self.sub.watch_disconnect()
         metrics.STREAMS_OPENED.inc()
         metrics.OPEN_STREAMS.inc()

@@ -24,7 +24,8 @@ def _digest(ticket: str) -> str:
 def issue(engine: Engine, names: Names, identity: Identity, ttl: float) -> str:
     """Store a new ticket for ``identity``, valid ``ttl`` seconds (never past the token's exp)."""
     ticket = secrets.token_urlsafe(32)
-    grants = {"subscribe": list(identity.subscribe), "publish": list(identity.publish)}
+    # The token's iat travels with the ticket: a revocation voids tickets of older tokens too.
+    grants = {"subscribe": list(identity.subscribe), "publish": list(identity.publish), "iat": identity.issued_at}
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -64,4 +65,6 @@ def redeem(engine: Engine, names: Names, ticket: str) -> Identity:
         expires_at=row.token_expires_at,
         subscribe=tuple(grants.get("subscribe", ())),
         publish=tuple(grants.get("publish", ())),
+        token=True,
+        issued_at=grants.get("iat"),
     )

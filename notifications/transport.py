@@ -52,6 +52,7 @@ class Subscriber:
 
     __slots__ = (
         "user_id",
+        "subject",
         "channels",
         "limit",
         "early",
@@ -69,8 +70,11 @@ class Subscriber:
         "on_close",
     )
 
-    def __init__(self, user_id: str, channels: Iterable[str], limit: int, client: Any = None) -> None:
-        self.user_id = user_id
+    def __init__(
+        self, user_id: str, channels: Iterable[str], limit: int, client: Any = None, subject: str | None = None
+    ) -> None:
+        self.user_id = user_id  # whose targeted events it reads
+        self.subject = user_id if subject is None else subject  # who opened it (the token's sub)
         self.channels = frozenset(channels)
         self.limit = limit
         self.early: list[tuple[int, bytes]] = []  # events that arrived before the stream was live

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
-from .auth import AccessError, Identity, authenticate, authorize_publish, authorize_stream
+from .auth import AccessError, Identity, authorize_publish, authorize_stream
 from .events import parse_channels, serialize, validate_user_id
 from .exceptions import InvalidInput, PayloadTooLarge, PublishError
 from .limits import LimitsUnavailable
@@ -81,11 +81,12 @@ def admit(state: State, identity: Identity, args: Mapping[str, str], environ: di
     reader = authorize_stream(identity, user_id, channels, state.settings.public_channels)
     if not state.ensure_listening():
         raise AccessError(503, "notifications are unavailable: the database is unreachable")
-    lease = _admit(state, identity.subject, environ.get("REMOTE_ADDR"))
+    state.revocations.check(identity)
+    lease = _admit(state, identity.subject, environ.get("REMOTE_ADDR"), channels)
     last_id = environ.get("HTTP_LAST_EVENT_ID")
     if last_id is None:
         last_id = args.get("lastEventId")
-    subscriber = Subscriber(reader, channels, state.settings.queue_size, server_socket(environ))
+    subscriber = Subscriber(reader, channels, state.settings.queue_size, server_socket(environ), identity.subject)
     return StreamSession(state, subscriber, identity, last_id, lease)
 
 
@@ -106,10 +107,10 @@ class StreamResponse(Response):
         return self.session.serve(environ, start_response, headers)  # type: ignore[no-any-return]
 
 
-def _admit(state: State, subject: str, address: str | None) -> int | None:
+def _admit(state: State, subject: str, address: str | None, channels: tuple[str, ...]) -> int | None:
     """Apply the connection limits; when the database is away, let the stream in unlimited."""
     try:
-        return state.limits.admit(subject, address)
+        return state.limits.admit(subject, address, channels)
     except LimitsUnavailable as exc:
         log.warning("%s: admitting the stream", exc)
         return None
@@ -138,7 +139,7 @@ def _unavailable(exc: PublishError) -> tuple[Response, int]:
 def ticket() -> tuple[Response, int]:
     """Trade the real token (header or cookie) for a short-lived, single-use stream ticket."""
     state = get_state()
-    identity = authenticate(locations=("headers", "cookies"), cache=state.verified_tokens)
+    identity = state.authenticate(("headers", "cookies"))
     ttl = state.settings.ticket_ttl
     if identity.expires_at is not None:
         ttl = max(0.0, min(ttl, identity.expires_at - time.time()))
@@ -153,7 +154,7 @@ def ticket() -> tuple[Response, int]:
 def publish_http() -> tuple[Response, int]:
     """One event object, or an array of them (all or nothing), for services that are not Python."""
     state = get_state()
-    identity = authenticate(locations=("headers",), cache=state.verified_tokens)
+    identity = state.authenticate(("headers",))
     if not request.is_json:
         raise AccessError(415, "send the body as Content-Type: application/json")
     cap = state.settings.max_body_bytes
