@@ -203,7 +203,7 @@ class Listener:
                 metrics.LISTENER_RECONNECTS.inc()
                 log.warning("listener connection lost (%s); reconnecting", _short(exc))
             delay = backoff * random.uniform(0.5, 1.5)
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, 1.0)  # back within a second or two of the database
             gevent.sleep(delay)
 
     def _serve(self, conn: Connection) -> None:

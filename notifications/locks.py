@@ -1,8 +1,10 @@
 """Every PostgreSQL advisory lock this package takes, in one place (their keys must stay the same
 from release to release: old and new workers share them during a rolling deploy).
 
-* ``publish_key``: transaction-level, held from just before an event's INSERT to its commit, so
-  ids are committed in order (``store.EventStore.append``).
+* ``publish_key``: transaction-level, taken by the sequencer for each batch it delivers (and by
+  the publishers of releases before the sequencer, during a rolling deploy), so ids are
+  committed in order.
+* ``sequencer_key``: session-level, held by the one sequencer of a database (``sequencer``).
 * ``prune_key``: session-level, one pruner at a time across every machine (``pruning``).
 * ``migrate_key``: transaction-level, one migration at a time (``migrate.upgrade``).
 * ``LIMITS_NAMESPACE`` with a user's bucket (two-key form): one admission batch at a time per
@@ -25,6 +27,10 @@ def publish_key(names: Names) -> int:
 
 def prune_key(names: Names) -> int:
     return publish_key(names) + 1
+
+
+def sequencer_key(names: Names) -> int:
+    return publish_key(names) + 2
 
 
 def migrate_key(names: Names) -> int:

@@ -39,6 +39,15 @@ DISCONNECTED_STREAMS = Counter(
     "notifications_disconnected_streams_total", "Streams ended by a disconnect or a token revocation."
 )
 REVOCATIONS = Counter("notifications_revocations_total", "Token revocations made by this process.")
+EVENTS_SEQUENCED = Counter("notifications_events_sequenced_total", "Events moved from the queue into delivery order.")
+EVENTS_RENUMBERED = Counter(
+    "notifications_events_renumbered_total", "Events that committed after a higher id was delivered (given a new id)."
+)
+SEQUENCER_LEADER = Gauge(
+    "notifications_sequencer_leader",
+    "1 in the worker that is the sequencer of its database.",
+    multiprocess_mode="livesum",
+)
 LISTENER_RECONNECTS = Counter("notifications_listener_reconnects_total", "Times a listener lost its connection.")
 DELIVERY_LATENCY = Histogram(
     "notifications_delivery_latency_seconds",

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -45,6 +46,12 @@ class Names:
         return f'"{self.schema}".{name}' if self.schema else name
 
     @property
+    def sequence(self) -> str:
+        """The events table's id sequence (PostgreSQL's name for an identity column's)."""
+        name = f'"{self.table}_id_seq"'
+        return f'"{self.schema}".{name}' if self.schema else name
+
+    @property
     def channel(self) -> str:
         """The NOTIFY channel of this events table."""
         return f"{self.schema}.{self.table}" if self.schema else self.table
@@ -59,6 +66,7 @@ class Tables:
     streams: Table
     rates: Table
     revocations: Table
+    queue: Table
 
 
 def define_tables(metadata: MetaData | None = None, names: Names | None = None) -> Tables:
@@ -120,6 +128,18 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
             Column("key", Text, primary_key=True),
             Column("window", BigInteger, primary_key=True),
             Column("count", Integer, nullable=False),
+            schema=schema,
+        ),
+        queue=Table(
+            f"{t}_queue",
+            metadata,
+            # provisional ids from the events table's sequence (see ``sequencer``)
+            Column("id", BigInteger, primary_key=True, server_default=text(f"nextval('{n.sequence}'::regclass)")),
+            Column("event", String(128), nullable=False),
+            Column("data", JSONB, nullable=False),
+            Column("user_id", Text, nullable=True),
+            Column("channel", String(128), nullable=True),
+            Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
             schema=schema,
         ),
         revocations=Table(

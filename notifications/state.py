@@ -22,6 +22,7 @@ from .fanout import Hub, Listener
 from .limits import Limits
 from .pruning import Pruner
 from .schema import Names
+from .sequencer import Sequencer
 from .sse import encode, jittered
 from .store import EventStore, make_engine
 
@@ -53,6 +54,7 @@ class State:
         self._pruner: Pruner | None = None
         self._pruning: gevent.Greenlet | None = None
         self._revocations: Revocations | None = None
+        self._sequencer: Sequencer | None = None
 
     @property
     def store(self) -> EventStore:
@@ -110,34 +112,44 @@ class State:
             self._pruner = Pruner(self.store, self.limits, self.settings)
         return self._pruner
 
+    def _dedicated_engine(self, application_name: str) -> Any:
+        """An engine for one long-lived connection of its own (never a pool's), on the direct
+        URL (LISTEN and session locks are session state), with keepalives and a user timeout."""
+        url = self.settings.listen_database_url or self.database_url
+        probe = self.settings.listener_probe_interval
+        return create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={
+                "connect_timeout": max(1, int(probe * 2)),
+                "keepalives": 1,
+                "keepalives_idle": max(1, int(probe)),
+                "keepalives_interval": max(1, int(probe / 2)),
+                "keepalives_count": 3,
+                "tcp_user_timeout": int(probe * 2000),
+                "application_name": application_name,
+            },
+        )
+
     @property
     def listener(self) -> Listener:
         if self._listener is None:
-            url = self.settings.listen_database_url or self.database_url
-            probe = self.settings.listener_probe_interval
-            engine = create_engine(
-                url,
-                poolclass=NullPool,
-                connect_args={
-                    "connect_timeout": max(1, int(probe * 2)),
-                    "keepalives": 1,
-                    "keepalives_idle": max(1, int(probe)),
-                    "keepalives_interval": max(1, int(probe / 2)),
-                    "keepalives_count": 3,
-                    "tcp_user_timeout": int(probe * 2000),
-                    "application_name": "notifications-listener",
-                },
-            )
             limits, revocations, hub = self.limits, self.revocations, self.hub
             self._listener = Listener(
                 hub,
                 self.store,
-                engine,
-                probe,
+                self._dedicated_engine("notifications-listener"),
+                self.settings.listener_probe_interval,
                 on_tick=lambda conn: self._tick(conn, limits),
                 control=(control_channel(self.names), revocations.load, lambda note: handle(note, hub, revocations)),
             )
         return self._listener
+
+    @property
+    def sequencer(self) -> Sequencer:
+        if self._sequencer is None:
+            self._sequencer = Sequencer(self.store, self._dedicated_engine("notifications-sequencer"))
+        return self._sequencer
 
     @staticmethod
     def _tick(conn: Connection, limits: Limits) -> None:
@@ -161,9 +173,10 @@ class State:
         return identity
 
     def start(self) -> None:
-        """Start this process's listener and its pruner, if not yet started (gunicorn does it
-        as the worker starts; any other server on the first stream)."""
+        """Start this process's listener, its candidacy for sequencer and its pruner, if not yet
+        started (gunicorn does it as the worker starts; any other server on the first stream)."""
         self.listener.start()
+        self.sequencer.start()
         if self._pruning is None:
             self._pruning = gevent.spawn(self.pruner.run)
 
@@ -177,6 +190,8 @@ class State:
         self.hub.drain()
         if self._listener is not None:
             self._listener.stop()
+        if self._sequencer is not None:
+            self._sequencer.stop()
         if self._pruning is not None:
             self._pruning.kill(block=False)
         if self._limits is not None:

@@ -1,10 +1,13 @@
 """The events table in PostgreSQL (SQLAlchemy Core): append, read since, newest id, prune.
 
-Commit order equals id order: every append takes one transaction-level advisory lock right
-before its INSERT and holds it to commit, so ids are handed out in the order their
-transactions become visible. A reader that keeps ``id > cursor`` therefore never skips an
-event that commits late. The cost: appends are serialised from the INSERT to the end of the
-commit (about 1,000 transactions/s on one PostgreSQL; batch appends amortise it).
+Appending puts the events in the publish queue (``<table>_queue``): one INSERT, no lock, no
+NOTIFY, so publishers never wait for one another, however long the transaction they join stays
+open. Each queued row draws a provisional id from the events table's sequence; the sequencer
+(``sequencer``, one per database) moves committed rows into the events table in the order they
+became visible, keeping the provisional id unless a higher id was delivered meanwhile (then the
+event gets a new, higher one), and rings the listeners' doorbell. Only the sequencer writes the
+events table, one transaction at a time, so ids grow in commit order and a reader that keeps
+``id > cursor`` never skips an event that commits late.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import DisconnectionError
 
 from .events import Event
-from .locks import publish_key
 from .schema import Names, define_tables
 
 BATCH = 500
@@ -64,19 +66,14 @@ class EventStore:
         tables = define_tables(names=names)
         self.events, self.state = tables.events, tables.state
         self.channel = names.channel  # the NOTIFY channel
-        self.lock_key = publish_key(names)
-        # Lock, INSERT of every row and one NOTIFY as one multi-statement query: one round trip,
-        # and the lock is held only while the server works, never across a client round trip.
+        # Every row in one INSERT, in the batch's order (the provisional ids follow it).
         self._append_sql = (
-            "SELECT pg_advisory_xact_lock(%(key)s); "
-            f"WITH ins AS (INSERT INTO {names.sql()} (event, data, user_id, channel) "
+            f"INSERT INTO {names.sql('_queue')} (event, data, user_id, channel) "
             "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
             "CAST(%(names)s AS text[]), CAST(%(datas)s AS text[]), "
             "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[])"
             ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
-            "RETURNING id), "
-            "doorbell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
-            "SELECT ins.id FROM ins, doorbell ORDER BY ins.id"
+            "RETURNING id"
         )
         # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
         # its connections there, instead of switching a shared connection at every checkout.
@@ -99,22 +96,20 @@ class EventStore:
     # -- writing ---------------------------------------------------------------------------
 
     def append_in(self, conn: Connection, events: Sequence[Event]) -> list[str]:
-        """Append inside the caller's transaction (any engine on this database): one INSERT of
-        every row, one NOTIFY. The lock is held to commit: call it late in long transactions."""
+        """Queue events inside the caller's transaction (any engine on this database): one
+        INSERT of every row. They are delivered once it commits; return their provisional ids."""
         params = {
-            "key": self.lock_key,
             "names": [e.name for e in events],
             "datas": [e.data for e in events],
             "users": [e.user_id for e in events],
             "channels": [e.channel for e in events],
-            "channel": self.channel,
         }
         ids = conn.exec_driver_sql(self._append_sql, params).scalars().all()
-        return [str(i) for i in ids]  # identity values follow the unnest order
+        return [str(i) for i in sorted(ids)]  # drawn in the unnest order
 
     def append(self, events: Sequence[Event]) -> list[str]:
-        """Append events in one short transaction of their own (all or nothing): the
-        multi-statement query runs as one implicit transaction, committed by the server."""
+        """Queue events in one short transaction of their own (all or nothing): one statement
+        in autocommit, committed by the server."""
         with self._autocommit.connect() as conn:
             return self.append_in(conn, events)
 
@@ -147,12 +142,16 @@ class EventStore:
                 return
             cursor = rows[-1].id
 
-    def newest_id(self, conn: Connection | None = None) -> int:
-        """The highest id ever stored (pruned ones included), 0 before the first event."""
+    def newest_id(self, conn: Connection | None = None, queued: bool = False) -> int:
+        """The highest id ever delivered (pruned ones included), 0 before the first event; with
+        ``queued``, also the ids publishers were given that wait for the sequencer."""
         if conn is None:
             with self.engine.connect() as own:
-                return self.newest_id(own)
+                return self.newest_id(own, queued)
         newest = conn.execute(select(func.coalesce(func.max(self.events.c.id), 0))).scalar_one()
+        if queued:
+            waiting = conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {self.names.sql('_queue')}").scalar_one()
+            newest = max(newest, waiting)
         return max(int(newest), self.pruned_through(conn))
 
     def pruned_through(self, conn: Connection) -> int:
@@ -165,8 +164,10 @@ class EventStore:
         c = self.events.c
         with self.engine.connect() as conn:
             row = conn.execute(select(func.count(), func.min(c.id), func.max(c.id))).one()
+            queued = conn.exec_driver_sql(f"SELECT count(*) FROM {self.names.sql('_queue')}").scalar_one()
             return {
                 "events": int(row[0]),
+                "queued": int(queued),  # committed, waiting for the sequencer (a running worker)
                 "oldest_id": None if row[1] is None else str(row[1]),
                 "newest_id": None if row[2] is None else str(row[2]),
                 "pruned_through": str(self.pruned_through(conn)),

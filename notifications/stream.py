@@ -310,9 +310,10 @@ class StreamSession:
         if self.last_id is not None:
             requested = parse_last_event_id(self.last_id)
             if requested is not None and requested > live_from:
-                # Another worker may be ahead of ours: trust the id if the table knows it.
+                # Another worker may be ahead of ours: trust the id if the table knows it (or the
+                # queue: publish() returned it, the sequencer has yet to deliver it).
                 with self.state.replay_gate:
-                    newest = store.newest_id()
+                    newest = store.newest_id(queued=True)
                 if requested > newest:
                     requested = None
                 else:

@@ -8,11 +8,14 @@ transaction that commits late or rolls back, the store inside a longer transacti
 
 The truth of what was committed is the events table itself (a publish that fails while the
 database goes away may or may not have committed); the ledger of what publishers saw is checked
-against it (every acknowledged id is in the table, no rolled-back id is).
+against it: every acknowledged event is in the table (under the id its publish returned, or, if
+its transaction committed after a higher id was delivered, under a new, higher id: found by the
+unique ``tag`` in its data), and no rolled-back event is.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -40,17 +43,22 @@ class _Rollback(Exception):
 class Ledger:
     committed: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
     rolled_back: set[int] = field(default_factory=set)
+    tags: dict[int, str] = field(default_factory=dict)  # acknowledged or rolled-back id → its data's tag
     failures: list[str] = field(default_factory=list)  # PublishError and friends (outcome unknown)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def commit(self, ids: Iterable[str], targets: Sequence[tuple[str | None, str | None]]) -> None:
+    def commit(
+        self, ids: Iterable[str], targets: Sequence[tuple[str | None, str | None]], tags: Sequence[str] = ()
+    ) -> None:
         with self.lock:
             for event_id, target in zip(ids, targets, strict=True):
                 self.committed[int(event_id)] = target
+            self.tags.update(zip((int(i) for i in ids), tags, strict=False))
 
-    def rollback(self, ids: Iterable[str]) -> None:
+    def rollback(self, ids: Iterable[str], tags: Sequence[str] = ()) -> None:
         with self.lock:
             self.rolled_back.update(int(i) for i in ids)
+            self.tags.update(zip((int(i) for i in ids), tags, strict=False))
 
 
 class Publishers:
@@ -91,6 +99,7 @@ class Publishers:
         self.seed = seed
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._tags = itertools.count()
         self.count = 0
         self.errors: list[BaseException] = []  # unexpected exceptions (not PublishError)
 
@@ -152,14 +161,19 @@ class Publishers:
             self._long(rnd)
         elif r < self.long_share + 0.1:
             targets = [self._target(rnd) for _ in range(rnd.randint(2, 5))]
+            datas = [self._data(rnd) for _ in targets]
             ids = publish_many(
-                [{"event": EVENT, "data": self._data(rnd), "user_id": u, "channel": c} for u, c in targets]
+                [
+                    {"event": EVENT, "data": d, "user_id": u, "channel": c}
+                    for d, (u, c) in zip(datas, targets, strict=True)
+                ]
             )
-            self.ledger.commit(ids, targets)
+            self.ledger.commit(ids, targets, [d["tag"] for d in datas])
         else:
             target = self._target(rnd)
-            event_id = publish(EVENT, self._data(rnd), user_id=target[0], channel=target[1])
-            self.ledger.commit([event_id], [target])
+            data = self._data(rnd)
+            event_id = publish(EVENT, data, user_id=target[0], channel=target[1])
+            self.ledger.commit([event_id], [target], [data["tag"]])
 
     def _long(self, rnd: random.Random) -> None:
         """An application transaction: work, append (as late as possible), more work, commit or
@@ -168,22 +182,21 @@ class Publishers:
         target = self._target(rnd)
         roll_back = rnd.random() < self.rollback_share
         ids: list[str] = []
+        data = self._data(rnd)
         try:
             with state.store.engine.begin() as conn:
                 time.sleep(rnd.uniform(0, self.long_delay))
-                ids = state.store.append_in(
-                    conn, [make_event(EVENT, self._data(rnd), user_id=target[0], channel=target[1])]
-                )
+                ids = state.store.append_in(conn, [make_event(EVENT, data, user_id=target[0], channel=target[1])])
                 time.sleep(rnd.uniform(0, self.long_delay / 3))
                 if roll_back:
                     raise _Rollback
         except _Rollback:
-            self.ledger.rollback(ids)
+            self.ledger.rollback(ids, [data["tag"]])
             return
-        self.ledger.commit(ids, [target])
+        self.ledger.commit(ids, [target], [data["tag"]])
 
     def _data(self, rnd: random.Random) -> dict[str, Any]:
-        data: dict[str, Any] = {"n": rnd.randrange(1 << 30)}
+        data: dict[str, Any] = {"n": rnd.randrange(1 << 30), "tag": f"{self.seed}-{next(self._tags)}"}
         if self.payload:
             data["pad"] = self.payload
         return data
@@ -209,6 +222,17 @@ def committed_events(database_url: str, after: int = 0) -> dict[int, tuple[str |
         conn.close()
 
 
+def committed_tags(database_url: str) -> dict[str, int]:
+    """The tag of every committed event that has one → its id."""
+    conn = psycopg2.connect(pg.libpq_url(database_url))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT data->>'tag', id FROM notification_events WHERE data ? 'tag'")
+            return {str(t): int(i) for t, i in cur.fetchall()}
+    finally:
+        conn.close()
+
+
 def visible(target: tuple[str | None, str | None], user: str, channels: Sequence[str]) -> bool:
     user_id, channel = target
     if user_id is not None and user_id != user:
@@ -221,12 +245,23 @@ def expected_ids(client: VClient, truth: dict[int, tuple[str | None, str | None]
     return [i for i in sorted(truth) if i > start and visible(truth[i], client.user, client.channels)]
 
 
-def check_ledger(ledger: Ledger, truth: dict[int, tuple[str | None, str | None]]) -> None:
-    """What publishers were told matches the table: acknowledged ⊆ table, rolled back ∩ table = ∅."""
+def check_ledger(
+    ledger: Ledger, truth: dict[int, tuple[str | None, str | None]], tags: dict[str, int] | None = None
+) -> None:
+    """What publishers were told matches the table: acknowledged ⊆ table, rolled back ∩ table = ∅.
+
+    With ``tags`` (``committed_tags``), an acknowledged event missing under its id counts when it
+    is found by its tag under a higher one (it committed after a higher id was delivered)."""
+    tags = tags or {}
     with ledger.lock:
-        missing = [i for i in ledger.committed if i not in truth]
+        found = {i: tags.get(ledger.tags.get(i, ""), i) for i in ledger.committed}
+        renumbered = {i: n for i, n in found.items() if n != i}
+        assert all(n > i for i, n in renumbered.items()), f"renumbered to a lower id: {renumbered}"
+        assert all(n not in ledger.committed for n in renumbered.values()), "a new id collides with an old one"
+        missing = [i for i, n in found.items() if n not in truth]
         resurrected = sorted(ledger.rolled_back & set(truth))
-        wrong = [i for i, t in ledger.committed.items() if i in truth and truth[i] != t]
+        resurrected += [i for i in ledger.rolled_back if ledger.tags.get(i) in tags]
+        wrong = [i for i, t in ledger.committed.items() if found[i] in truth and truth[found[i]] != t]
     assert not missing, f"acknowledged publishes missing from the table: {missing[:20]}"
     assert not resurrected, f"rolled-back events found in the table: {resurrected[:20]}"
     assert not wrong, f"events stored with another target than published: {wrong[:20]}"

@@ -14,7 +14,7 @@ import psutil
 from notifications import publish
 from tests.support.server import GunicornServer
 
-from .load import Ledger, assert_exact, assert_no_errors, check_ledger, committed_events
+from .load import Ledger, assert_exact, assert_no_errors, check_ledger, committed_events, committed_tags
 from .swarm import Swarm, VClient
 
 CHANNELS = ("alpha", "beta", "gamma", "delta")
@@ -65,7 +65,7 @@ def finish(
         sentinel = int(publish("chaos-end", {"end": True}))
     swarm.wait_received(sentinel, group, timeout=timeout)
     truth = committed_events(database_url)
-    check_ledger(ledger, truth)
+    check_ledger(ledger, truth, committed_tags(database_url))
     with swarm.lock:
         assert_no_errors(group, resets=resets)
         return assert_exact(group, truth, ledger, upto=sentinel)

@@ -17,13 +17,14 @@ import pytest
 from flask import Flask
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, insert, text
 
+from notifications.extension import get_state
 from notifications.schema import Names, define_tables
 from tests.support.pg import query
 from tests.support.publisher import Publisher, api
 from tests.support.tokens import mint
 
 SERVER_NAMES = {"NOTIFICATIONS_TABLE": "svc_events", "NOTIFICATIONS_SCHEMA": "svc"}
-SUFFIXES = ("", "_state", "_tickets", "_workers", "_streams", "_rates", "_revocations")
+SUFFIXES = ("", "_state", "_tickets", "_workers", "_streams", "_rates", "_revocations", "_queue")
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,8 @@ def test_own_migrations_create_the_tables_beside_the_hosts(engine, database_url,
     with app.app_context(), engine.begin() as conn:
         conn.execute(insert(invoices).values(ref="INV-2"))
         event_id = api("notify")("Invoice INV-2 issued", user_id="accountant", connection=conn)
+    with app.app_context():
+        assert get_state().sequencer.deliver_now() == 1  # no server runs here: deliver it now
     rows = query(database_url, "SELECT id, event, data, user_id FROM host_events")
     assert rows == [(int(event_id), "notification", rows[0][2], "accountant")], rows
     assert rows[0][2]["message"] == "Invoice INV-2 issued"
@@ -141,7 +144,6 @@ def test_define_tables_with_create_all_serves_an_app_configured_with_those_names
     assert tables_in(database_url, "notif") == {f"app_events{s}" for s in SUFFIXES}
 
     app = host_app(database_url, jwt_secret, NOTIFICATIONS_TABLE="app_events", NOTIFICATIONS_SCHEMA="notif")
-    from notifications.extension import get_state
 
     with app.app_context():
         with engine.begin() as conn:
@@ -149,6 +151,7 @@ def test_define_tables_with_create_all_serves_an_app_configured_with_those_names
             first = api("notify")("Welcome, ada", notification_type="success", user_id="ada", connection=conn)
         second = api("broadcast_update")("account", "created", {"name": "ada"}, channel="accounts")
         batch = api("publish_many")([{"event": "a", "data": 1}, {"event": "b", "data": [2], "user_id": "ada"}])
+        assert get_state().sequencer.deliver_now() == 4  # no server runs here: deliver them now
         store = get_state().store
         with store.engine.connect() as conn:
             read = store.read_since(conn, 0)
@@ -179,7 +182,7 @@ def test_define_tables_with_create_all_serves_an_app_configured_with_those_names
         "/api/notifications/publish", json={"event": "http", "data": {}}, headers={"Authorization": f"Bearer {tok}"}
     )
     assert r.status_code == 201, r.get_data(as_text=True)
-    assert query(database_url, "SELECT event FROM notif.app_events WHERE id = %s", int(r.get_json()["id"])) == [
+    assert query(database_url, "SELECT event FROM notif.app_events_queue WHERE id = %s", int(r.get_json()["id"])) == [
         ("http",)
     ]
     assert "app_events_alembic_version" not in tables_in(database_url, "notif")
@@ -246,7 +249,7 @@ def test_two_tables_in_one_database_do_not_cross(
     c.wait_connected()
     other = Publisher(database_url, jwt_secret, NOTIFICATIONS_TABLE="other_events", NOTIFICATIONS_SCHEMA="svc")
     stray = other.notify("wrong table", user_id=user)
-    assert query(database_url, "SELECT count(*) FROM svc.other_events WHERE id = %s", stray) == [(1,)]
+    assert query(database_url, "SELECT count(*) FROM svc.other_events_queue WHERE id = %s", stray) == [(1,)]
     marker = publisher.notify("right table", user_id=user)
     got = c.wait_for_id(marker)
     assert got.json()["message"] == "right table"

@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import text
 
 from notifications.extension import get_state
+from notifications.locks import prune_key
 from tests.support import pg
 from tests.support.checks import delivered_ids, wait_until
 from tests.support.pg import query
@@ -177,6 +178,7 @@ def capped(pg_admin_url: str, jwt_secret: str, tmp_path_factory: pytest.TempPath
         pub = Publisher(url, jwt_secret)
         # history from before the server: KEEP + 50 broadcasts, the oldest 50 pruned already
         ids = publish_many(pub, [{"event": "before", "data": {"n": n}} for n in range(KEEP + 50)])
+        pub.sequence()  # no server yet: deliver them here
         with pub.app.app_context():
             assert get_state().store.prune(None, KEEP) == 50
         env = {"NOTIFICATIONS_RETENTION_MAX_EVENTS": str(KEEP), "NOTIFICATIONS_PRUNE_INTERVAL": "1s"}
@@ -208,12 +210,13 @@ def capped_stream(capped: Capped) -> Iterator[Callable[..., SSEClient]]:
         c.close()
 
 
-def settled(capped: Capped) -> list[int]:
-    """Wait until the automatic pruning has brought the table down to the newest KEEP."""
+def settled(capped: Capped, newest: int | None = None) -> list[int]:
+    """Wait until the automatic pruning has brought the table down to the newest KEEP (ending
+    with ``newest``, once the sequencer has delivered it)."""
 
     def check() -> list[int] | None:
         ids = table_ids(capped.database_url)
-        return ids if len(ids) == KEEP else None
+        return ids if len(ids) == KEEP and (newest is None or ids[-1] == newest) else None
 
     return wait_until(check, 15, f"the table pruned to the newest {KEEP} events")
 
@@ -222,7 +225,7 @@ def test_max_events_keeps_only_the_newest(capped, capped_stream, token, user):
     # every other event targets this test's user: the next test's stream must not replay those
     burst = [{"event": "burst", "data": n, **({"user_id": user} if n % 2 else {})} for n in range(KEEP + 30)]
     ids = publish_many(capped.publisher, burst)
-    kept = settled(capped)
+    kept = settled(capped, ids[-1])
     assert kept == ids[-KEEP:]
     assert pruned_through(capped.database_url) == ids[-KEEP - 1]
 
@@ -253,7 +256,7 @@ def test_history_expired_from_a_workers_memory_then_exactly_what_is_kept(capped,
     and then pruned: a worker still holds them in its memory of recent events, but they are
     gone from the table, so the client must get ``history-expired`` and only what is kept."""
     ids = publish_many(capped.publisher, [{"event": "mem", "data": n} for n in range(KEEP + 20)])
-    kept = settled(capped)
+    kept = settled(capped, ids[-1])
     assert kept == ids[-KEEP:]
     since = ids[0] - 1  # >= capped.floor: after the server started
     assert since >= capped.floor
@@ -346,9 +349,10 @@ def test_only_one_process_prunes_at_a_time(prune_db, jwt_secret):
     first = Publisher(prune_db, jwt_secret, NOTIFICATIONS_RETENTION="0s")
     second = Publisher(prune_db, jwt_secret, NOTIFICATIONS_RETENTION="0s")
     ids = [first.publish("old", n) for n in range(4)]
+    first.sequence()
     with first.app.app_context():
         state = get_state()
-        key = state.store.lock_key + 1
+        key = prune_key(state.names)
     inside, release = threading.Event(), threading.Event()
     original = state.store.prune
 
@@ -393,6 +397,7 @@ def test_only_one_process_prunes_at_a_time(prune_db, jwt_secret):
     assert table_ids(prune_db) == []
     # the lock is free again: the second process prunes now
     newer = second.publish("old", 99)
+    second.sequence()
     with second.app.app_context():
         assert get_state().pruner.prune_once() == 1
     assert newer not in table_ids(prune_db)
@@ -403,14 +408,15 @@ def test_prune_once_is_refused_while_another_session_holds_the_lock(prune_db, jw
     every app's ``prune_once``, which then neither waits nor deletes."""
     app = Publisher(prune_db, jwt_secret, NOTIFICATIONS_RETENTION="0s")
     event_id = app.publish("old", 1)
+    app.sequence()
     with app.app.app_context():
         state = get_state()
         with state.store.engine.connect() as other:
-            assert other.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": state.store.lock_key + 1}).scalar()
+            assert other.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": prune_key(state.names)}).scalar()
             started = time.monotonic()
             assert state.pruner.prune_once() is None
             assert time.monotonic() - started < 2, "prune_once waited for the lock instead of giving up"
             assert event_id in table_ids(prune_db)
-            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": state.store.lock_key + 1})
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": prune_key(state.names)})
             other.commit()
         assert state.pruner.prune_once() == 1

@@ -81,6 +81,35 @@ class Publisher:
         with self.app.app_context():
             return api(name)(*args, **kwargs)
 
+    def sequence(self) -> None:
+        """Deliver what this publisher queued, here and now: for databases no server runs on
+        (with a server, its sequencer does it within milliseconds)."""
+        from notifications.extension import get_state
+
+        assert get_state(self.app).sequencer.deliver_now() is not None, "a running sequencer holds the lock"
+
+    def stored(self, ids: list[int], timeout: float = 10.0) -> None:
+        """Wait until the events ``ids`` are in the events table: moved there from the publish
+        queue by the sequencer of a running server (``notifications.sequencer``)."""
+        import time
+
+        from sqlalchemy import text
+
+        from notifications.extension import get_state
+
+        state = get_state(self.app)
+        deadline = time.monotonic() + timeout
+        while True:
+            with state.store.engine.connect() as conn:
+                found = conn.execute(
+                    text(f"SELECT count(*) FROM {state.names.sql()} WHERE id = ANY(:ids)"), {"ids": list(ids)}
+                ).scalar_one()
+            if found == len(set(ids)):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {found} of events {ids} delivered within {timeout}s (no sequencer?)")
+            time.sleep(0.01)  # polling interval of a condition with a deadline
+
     def visible_ids(self, user: str, channels: tuple[str, ...] = (), after: int = 0) -> list[int]:
         with self._lock:
             return sorted(p.id for p in self.published if p.id > after and p.visible_to(user, channels))
