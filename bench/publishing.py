@@ -127,6 +127,7 @@ def main() -> int:
             out["pgbench"] = pgbench_all(url, args.seconds, tuple(SCRIPTS))
             out["publish"] = run.publish_throughput(project, 8, args.seconds, 1)
             out["publish_many"] = run.publish_throughput(project, 1, args.seconds, 1000)
+            run.log(f"notifications: the backlog of publish_many dispatched after {project.settle()} s")
             latency = run.fanout(project, "100 streams x 100 publishes/s", 100, 100, 20)
             out["latency_100_per_s"] = latency["delivery"]["latency"] | {"lost": latency["delivery"]["lost"]}
             listeners = IdleListeners(url, "notification_events", args.listeners)

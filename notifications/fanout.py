@@ -226,15 +226,23 @@ class Listener:
             if readable:
                 self._take_notifies(raw)
             # One query per wake-up; when quiet it is the probe that proves the link alive.
-            with gevent.Timeout(max(self.probe_interval, 1.0) * 2):
-                self._catch_up(conn)
-                if self.on_tick is not None:
+            self._catch_up(conn)
+            if self.on_tick is not None:
+                with gevent.Timeout(self.query_timeout):
                     self.on_tick(conn)
 
+    @property
+    def query_timeout(self) -> float:
+        """How long one query may take before the connection counts as dead (a hung probe)."""
+        return max(self.probe_interval, 1.0) * 2
+
     def _catch_up(self, conn: Connection) -> None:
+        """Dispatch everything after the cursor, one query at a time (each under the timeout,
+        so a long backlog is no hung connection)."""
         assert self.hub.cursor is not None
         while True:
-            events = self.store.read_since(conn, self.hub.cursor)
+            with gevent.Timeout(self.query_timeout):
+                events = self.store.read_since(conn, self.hub.cursor)
             self.hub.dispatch(events)
             if len(events) < BATCH:
                 return

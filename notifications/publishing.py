@@ -6,8 +6,8 @@ returns the new id as a string. Call them inside an app context.
 By default an event is stored in a short transaction of its own. Pass ``session=`` (an
 SQLAlchemy ``Session``, Flask-SQLAlchemy's ``db.session`` included) or ``connection=`` (a Core
 ``Connection``) to join the app's own transaction instead: the event is delivered if and only if
-that transaction commits, and not before. Joining takes the publish lock until the commit, so
-publish last, right before committing.
+that transaction commits, and not before. Joining takes no lock: no other publisher waits for
+the app's transaction (see ``sequencer`` for the ids).
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def append(events: Sequence[Event], session: Any = None, connection: Connection 
     except SQLAlchemyError as exc:
         raise PublishError(f"could not store the event: {type(exc).__name__}") from exc
     metrics.EVENTS_PUBLISHED.inc(len(ids))
+    if connection is None:
+        state.nudge_sequencer()  # committed: if this process is the sequencer, no need to poll
     return ids
 
 

@@ -41,6 +41,13 @@ log = logging.getLogger("notifications.sequencer")
 GRACE = 0.025  # seconds a hole below visible queued rows is waited for
 POLL_BUSY = 0.002  # between two polls while events flow
 POLL_IDLE = 0.02  # once the queue has been empty for IDLE_AFTER
+PER_EVENT = 0.0002  # a longer pause after a larger batch: fewer, larger batches under load
+POLL_LOADED = 0.005  # the longest pause while events flow
+# The queue is a table of short-lived rows: the sequencer vacuums it itself after this many moved
+# rows or this many seconds (autovacuum looks only once a minute), so that its polls, which read
+# the queue from its lowest id, never walk a growing tail of dead rows.
+VACUUM_EVERY = 2000
+VACUUM_AFTER = 1.0
 IDLE_AFTER = 1.0
 ELECTION_INTERVAL = 0.5  # between two attempts to become the leader (jittered)
 BATCH = 100_000  # queued rows moved per transaction at most: a publish_many of 100,000 arrives at once
@@ -57,20 +64,39 @@ class Sequencer:
         names = store.names
         self.key = locks.sequencer_key(names)
         self.leading = gevent.event.Event()
+        self._nudged = gevent.event.Event()  # events were queued in this process: step now
         self._greenlet: gevent.Greenlet | None = None
-        self._poll = f"SELECT id FROM {names.sql('_queue')} ORDER BY id LIMIT {BATCH}"
-        # One implicit transaction (a multi-statement query in autocommit): the publish lock,
-        # which older workers take during a rolling deploy, then the move and the doorbell.
-        self._move = (
-            "SELECT pg_advisory_xact_lock(%(publish_key)s); "
-            f"WITH moved AS (DELETE FROM {names.sql('_queue')} WHERE id = ANY(%(ids)s) RETURNING *), "
-            f"top AS (SELECT GREATEST(%(hw)s, (SELECT coalesce(max(id), 0) FROM {names.sql()})) AS hw), "
-            f"ins AS (INSERT INTO {names.sql()} (id, event, data, user_id, channel, created_at) "
+        # One step of the leader, one round trip: a multi-statement query in autocommit, so one
+        # implicit transaction: the publish lock (older workers take it during a rolling deploy);
+        # the queued rows, each ready if late (at or below the highest id delivered: it gets a
+        # new id), next (continuing that id without a hole), or every row (``all``: a hole
+        # waited for long enough); the ready rows moved into the events table in id order; one
+        # NOTIFY if any moved. It answers: the highest id delivered, how many moved, how many of
+        # them were late, how many wait behind a hole.
+        queue, events = names.sql("_queue"), names.sql()
+        step = (
+            f"WITH top AS (SELECT GREATEST($1, (SELECT coalesce(max(id), 0) FROM {events})) AS hw), "
+            f"q AS (SELECT id FROM {queue} ORDER BY id LIMIT {BATCH}), "
+            "ranked AS (SELECT q.id, q.id <= top.hw AS late, "
+            "q.id - row_number() OVER (PARTITION BY q.id <= top.hw ORDER BY q.id) = top.hw AS next FROM q, top), "
+            f"moved AS (DELETE FROM {queue} WHERE id IN (SELECT id FROM ranked WHERE late OR next OR $2) "
+            "RETURNING *), "
+            f"ins AS (INSERT INTO {events} (id, event, data, user_id, channel, created_at) "
             f"SELECT CASE WHEN m.id > top.hw THEN m.id ELSE nextval('{names.sequence}'::regclass) END, "
             "m.event, m.data, m.user_id, m.channel, m.created_at FROM moved m, top ORDER BY m.id RETURNING id), "
-            "bell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
-            "SELECT max(ins.id), count(*) FROM ins, bell"
+            "bell AS (SELECT pg_notify($3, max(id)::text) FROM ins HAVING count(*) > 0) "
+            "SELECT (SELECT max(id) FROM ins), (SELECT count(*) FROM ins), (SELECT count(*) FROM ranked WHERE late), "
+            "(SELECT count(*) FROM ranked) - (SELECT count(*) FROM ins), (SELECT count(*) FROM bell)"
         )
+        # Prepared once per connection: planning the step costs more than running it.
+        self._prepare = (
+            f"PREPARE notifications_step (bigint, boolean, text) AS {step}; "
+            f"PREPARE notifications_poll AS SELECT EXISTS (SELECT 1 FROM {queue})"
+        )
+        self._step = (
+            "SELECT pg_advisory_xact_lock(%(publish_key)s); EXECUTE notifications_step (%(hw)s, %(all)s, %(channel)s)"
+        )
+        self._vacuum = f"VACUUM (SKIP_LOCKED, TRUNCATE FALSE) {queue}"
         self._params = {"publish_key": locks.publish_key(names), "channel": store.channel}
 
     def start(self) -> None:
@@ -88,11 +114,12 @@ class Sequencer:
             if not conn.exec_driver_sql("SELECT pg_try_advisory_lock(%(k)s)", {"k": self.key}).scalar():
                 return None
             try:
-                queued = [row[0] for row in conn.exec_driver_sql(self._poll)]
-                if not queued:
-                    return 0
-                params = {**self._params, "ids": queued, "hw": self.store.newest_id(conn)}
-                return int(conn.exec_driver_sql(self._move, params).one()[1])
+                params = {**self._params, "hw": self.store.newest_id(conn), "all": True}
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                cursor.execute(self._prepare)
+                cursor.execute(self._step, params)
+                row = cursor.fetchone()
+                return int(row[1]) if row else 0
             finally:
                 conn.exec_driver_sql("SELECT pg_advisory_unlock(%(k)s)", {"k": self.key})
 
@@ -134,48 +161,51 @@ class Sequencer:
                 self._lead(conn)
             gevent.sleep(ELECTION_INTERVAL * random.uniform(0.5, 1.5))
 
+    def nudge(self) -> None:
+        """Events were queued by this process: if it leads, step now rather than at the next poll."""
+        if self.leading.is_set():
+            self._nudged.set()
+
     def _lead(self, conn: Connection) -> None:
         with gevent.Timeout(STATEMENT_TIMEOUT):
             delivered = self.store.newest_id(conn)  # the highest id delivered so far
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        with gevent.Timeout(STATEMENT_TIMEOUT):
+            cursor.execute(self._prepare)
+        params = {**self._params, "hw": delivered, "all": False}
         hole_since: float | None = None
         active_at = time.monotonic()
+        moved = swept = 0
+        swept_at = active_at
         while True:
+            wait = POLL_BUSY + moved * PER_EVENT if time.monotonic() - active_at < IDLE_AFTER else POLL_IDLE
+            self._nudged.wait(min(wait, POLL_LOADED))
+            self._nudged.clear()
             with gevent.Timeout(STATEMENT_TIMEOUT):
-                queued = [row[0] for row in conn.exec_driver_sql(self._poll)]
-            now = time.monotonic()
+                cursor.execute("EXECUTE notifications_poll")
+                (queued,) = cursor.fetchone() or (False,)
             if not queued:
-                hole_since = None
-                gevent.sleep(POLL_BUSY if now - active_at < IDLE_AFTER else POLL_IDLE)
+                moved, hole_since = 0, None
                 continue
-            active_at = now
-            ready = ready_rows(queued, delivered)
-            if not ready:  # a hole first: a transaction about to commit, or rolled back
-                hole_since = now if hole_since is None else hole_since
-                if now - hole_since < GRACE:
-                    gevent.sleep(POLL_BUSY)
-                    continue
-                ready = queued
-            hole_since = None
-            late = sum(1 for i in ready if i <= delivered)
+            now = time.monotonic()
+            params["hw"], params["all"] = delivered, hole_since is not None and now - hole_since >= GRACE
             with gevent.Timeout(STATEMENT_TIMEOUT):
-                top, count = conn.exec_driver_sql(self._move, {**self._params, "ids": ready, "hw": delivered}).one()
-            if count:
-                delivered = max(delivered, int(top))
-                metrics.EVENTS_SEQUENCED.inc(count)
+                cursor.execute(self._step, params)
+                top, moved, late, waiting, _ = cursor.fetchone() or (None, 0, 0, 0, 0)
+            if moved:
+                delivered = max(delivered, int(top or 0))
+                metrics.EVENTS_SEQUENCED.inc(moved)
                 if late:
                     metrics.EVENTS_RENUMBERED.inc(late)
-
-
-def ready_rows(queued: list[int], delivered: int) -> list[int]:
-    """The queued ids (sorted) to deliver now: those at or below ``delivered`` (late: they get
-    new ids, waiting helps nothing), and the run that continues ``delivered`` without a hole."""
-    ready = [i for i in queued if i <= delivered]
-    expected = delivered + 1
-    for i in queued:
-        if i <= delivered:
-            continue
-        if i != expected:
-            break
-        ready.append(i)
-        expected += 1
-    return ready
+            if waiting:  # behind a hole: a transaction about to commit, or one rolled back
+                hole_since = now if hole_since is None or params["all"] else hole_since
+            else:
+                hole_since = None
+            active_at = now
+            if moved >= BATCH:
+                self._nudged.set()  # more where these came from
+            swept += moved
+            if swept >= VACUUM_EVERY or swept and now - swept_at >= VACUUM_AFTER:
+                with gevent.Timeout(STATEMENT_TIMEOUT):
+                    cursor.execute(self._vacuum)
+                swept, swept_at = 0, now

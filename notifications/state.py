@@ -151,6 +151,11 @@ class State:
             self._sequencer = Sequencer(self.store, self._dedicated_engine("notifications-sequencer"))
         return self._sequencer
 
+    def nudge_sequencer(self) -> None:
+        """This process queued events (see ``Sequencer.nudge``)."""
+        if self._sequencer is not None:
+            self._sequencer.nudge()
+
     @staticmethod
     def _tick(conn: Connection, limits: Limits) -> None:
         limits.beat(conn, limits.lease_seconds / 3)
