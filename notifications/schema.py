@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -26,7 +27,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -59,6 +62,9 @@ class Tables:
     streams: Table
     rates: Table
     revocations: Table
+    inbox: Table
+    inbox_marks: Table
+    inbox_cursors: Table
 
 
 def define_tables(metadata: MetaData | None = None, names: Names | None = None) -> Tables:
@@ -127,6 +133,47 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
             metadata,
             Column("user_id", Text, primary_key=True),
             Column("revoked_at", Float, nullable=False),  # epoch seconds: tokens issued before are void
+            schema=schema,
+        ),
+        # An inbox notification, stored once whoever it reaches (its event's own targeting), with
+        # a copy of its data: it outlives the events row (NOTIFICATIONS_INBOX_RETENTION), so no
+        # foreign key to the events table.
+        inbox=Table(
+            f"{t}_inbox",
+            metadata,
+            Column("event_id", BigInteger, primary_key=True, autoincrement=False),
+            Column("user_id", Text, nullable=True),
+            Column("channel", String(128), nullable=True),
+            Column("data", JSONB, nullable=False),
+            Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            Index(f"ix_{t}_inbox_user", "user_id", "event_id", postgresql_include=["channel"]),
+            Index(
+                f"ix_{t}_inbox_shared",
+                "channel",
+                "event_id",
+                postgresql_where=text("user_id IS NULL"),
+            ),
+            Index(f"ix_{t}_inbox_created_at", "created_at"),
+            schema=schema,
+        ),
+        # One user's own state of one item, where it differs from the cursor: read (true), unread
+        # (false) or as the cursor says (null); dismissed.
+        inbox_marks=Table(
+            f"{t}_inbox_marks",
+            metadata,
+            Column("user_id", Text, primary_key=True),
+            Column("event_id", BigInteger, primary_key=True, autoincrement=False),
+            Column("read", Boolean, nullable=True),
+            Column("dismissed", Boolean, nullable=False, server_default=false()),
+            Index(f"ix_{t}_inbox_marks_event_id", "event_id"),
+            schema=schema,
+        ),
+        # One user's "read up to": every item with an id at or below it is read unless marked unread.
+        inbox_cursors=Table(
+            f"{t}_inbox_cursors",
+            metadata,
+            Column("user_id", Text, primary_key=True),
+            Column("read_upto", BigInteger, nullable=False),
             schema=schema,
         ),
     )

@@ -78,6 +78,24 @@ class EventStore:
             "doorbell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
             "SELECT ins.id FROM ins, doorbell ORDER BY ins.id"
         )
+        # The same with inbox notifications among the events: their rows go into the inbox table
+        # too, in the same statement (so in the same transaction), matched by batch position.
+        self._append_inbox_sql = (
+            "SELECT pg_advisory_xact_lock(%(key)s); "
+            f"WITH ins AS (INSERT INTO {names.sql()} (event, data, user_id, channel) "
+            "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
+            "CAST(%(names)s AS text[]), CAST(%(datas)s AS text[]), "
+            "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[])"
+            ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
+            "RETURNING id, data, user_id, channel, created_at), "
+            f"box AS (INSERT INTO {names.sql('_inbox')} (event_id, user_id, channel, data, created_at) "
+            "SELECT r.id, r.user_id, r.channel, r.data, r.created_at FROM "
+            "(SELECT *, row_number() OVER (ORDER BY id) AS position FROM ins) AS r "
+            "JOIN unnest(CAST(%(boxes)s AS boolean[])) WITH ORDINALITY AS f(inbox, position) USING (position) "
+            "WHERE f.inbox), "
+            "doorbell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
+            "SELECT ins.id FROM ins, doorbell ORDER BY ins.id"
+        )
         # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
         # its connections there, instead of switching a shared connection at every checkout.
         self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -100,8 +118,9 @@ class EventStore:
 
     def append_in(self, conn: Connection, events: Sequence[Event]) -> list[str]:
         """Append inside the caller's transaction (any engine on this database): one INSERT of
-        every row, one NOTIFY. The lock is held to commit: call it late in long transactions."""
-        params = {
+        every row (inbox notifications into the inbox table too), one NOTIFY. The lock is held
+        to commit: call it late in long transactions."""
+        params: dict[str, Any] = {
             "key": self.lock_key,
             "names": [e.name for e in events],
             "datas": [e.data for e in events],
@@ -109,7 +128,11 @@ class EventStore:
             "channels": [e.channel for e in events],
             "channel": self.channel,
         }
-        ids = conn.exec_driver_sql(self._append_sql, params).scalars().all()
+        sql = self._append_sql
+        if any(e.inbox for e in events):
+            sql = self._append_inbox_sql
+            params["boxes"] = [e.inbox for e in events]
+        ids = conn.exec_driver_sql(sql, params).scalars().all()
         return [str(i) for i in ids]  # identity values follow the unnest order
 
     def append(self, events: Sequence[Event]) -> list[str]:

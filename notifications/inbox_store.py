@@ -1,0 +1,188 @@
+"""The inbox tables in PostgreSQL: pages, unread counts, read / unread / dismiss, pruning.
+
+An inbox notification is one row of ``<table>_inbox`` whoever it reaches (its event's own
+targeting: a user, a channel, both, or everyone), written by ``EventStore.append_in`` in the
+event's own statement, so a broadcast to 100,000 users costs one row. A user's read state is a
+"read up to" cursor (``<table>_inbox_cursors``) and, where an item differs from it, a mark
+(``<table>_inbox_marks``: read, unread, dismissed). Marking everything read is one statement
+whatever the count: it moves the cursor and drops the marks at or below it.
+
+Who sees an item is the stream's rule: its ``user_id`` is theirs or null, and its ``channel`` is
+null or one of the channels asked for. Pages and counts are a ``UNION ALL`` of branches that each
+walk one index, newest first: the user's own items, the broadcasts, one branch per channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from .schema import Names
+
+BIGGEST_ID = 2**63 - 1
+PRUNE_BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One item of a user's inbox, as stored."""
+
+    id: int
+    data: Any
+    created_at: datetime
+    read: bool
+
+
+class InboxStore:
+    """Reads and writes the inbox tables through one SQLAlchemy engine (raw SQL: every query is
+    one round trip, and ``bench/inbox.py`` measures exactly these statements)."""
+
+    def __init__(self, engine: Engine, names: Names) -> None:
+        self.engine = engine
+        self.items = names.sql("_inbox")
+        self.marks = names.sql("_inbox_marks")
+        self.cursors = names.sql("_inbox_cursors")
+        self._cursor_cte = (
+            f"cur AS (SELECT coalesce((SELECT read_upto FROM {self.cursors} WHERE user_id = %(u)s), 0) AS upto)"
+        )
+
+    # -- visibility ------------------------------------------------------------------------
+
+    @staticmethod
+    def _branches(channels: Sequence[str], params: dict[str, Any]) -> list[str]:
+        """The conditions of the branches (alias ``i``) whose union is what the user sees."""
+        params["chs"] = list(channels)
+        branches = [
+            "i.user_id = %(u)s AND (i.channel IS NULL OR i.channel = ANY(CAST(%(chs)s AS text[])))",
+            "i.user_id IS NULL AND i.channel IS NULL",
+        ]
+        for n, channel in enumerate(channels):
+            params[f"c{n}"] = channel
+            branches.append(f"i.user_id IS NULL AND i.channel = %(c{n})s")
+        return branches
+
+    VISIBLE = (
+        "(i.user_id = %(u)s OR i.user_id IS NULL) AND (i.channel IS NULL OR i.channel = ANY(CAST(%(chs)s AS text[])))"
+    )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def page(
+        self, conn: Connection, user_id: str, channels: Sequence[str], limit: int, before: int | None, unread: bool
+    ) -> list[Row]:
+        """At most ``limit`` items newest first, older than ``before``; only unread ones with ``unread``."""
+        params: dict[str, Any] = {"u": user_id, "limit": limit, "before": BIGGEST_ID if before is None else before}
+        parts = []
+        for branch in self._branches(channels, params):
+            if unread:  # above the cursor, not marked read (nor dismissed)
+                hidden = "(d.dismissed OR d.read)"
+                branch += " AND i.event_id > cur.upto"
+            else:
+                hidden = "d.dismissed"
+            parts.append(
+                f"(SELECT i.event_id, i.data, i.created_at FROM {self.items} i, cur WHERE {branch} "
+                f"AND i.event_id < %(before)s AND NOT EXISTS (SELECT 1 FROM {self.marks} d "
+                f"WHERE d.user_id = %(u)s AND d.event_id = i.event_id AND {hidden}) "
+                "ORDER BY i.event_id DESC LIMIT %(limit)s)"
+            )
+        if unread:  # at or below the cursor: marked unread
+            parts.append(
+                f"(SELECT i.event_id, i.data, i.created_at FROM {self.marks} d "
+                f"JOIN {self.items} i ON i.event_id = d.event_id, cur "
+                "WHERE d.user_id = %(u)s AND d.read = false AND NOT d.dismissed AND d.event_id <= cur.upto "
+                f"AND d.event_id < %(before)s AND {self.VISIBLE} ORDER BY d.event_id DESC LIMIT %(limit)s)"
+            )
+        sql = (
+            f"WITH {self._cursor_cte} "
+            "SELECT p.event_id, p.data, p.created_at, coalesce(m.read, p.event_id <= cur.upto) AS read "
+            f"FROM ({' UNION ALL '.join(parts)}) p CROSS JOIN cur "
+            f"LEFT JOIN {self.marks} m ON m.user_id = %(u)s AND m.event_id = p.event_id "
+            "ORDER BY p.event_id DESC LIMIT %(limit)s"
+        )
+        rows = conn.exec_driver_sql(sql, params).all()
+        return [Row(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
+
+    def unread(self, conn: Connection, user_id: str, channels: Sequence[str]) -> int:
+        """How many items the user sees that are unread (dismissed ones never count)."""
+        params: dict[str, Any] = {"u": user_id}
+        above = " UNION ALL ".join(
+            f"(SELECT i.event_id FROM {self.items} i, cur WHERE {branch} AND i.event_id > cur.upto)"
+            for branch in self._branches(channels, params)
+        )
+        sql = (
+            f"WITH {self._cursor_cte} SELECT "
+            f"(SELECT count(*) FROM ({above}) a WHERE NOT EXISTS (SELECT 1 FROM {self.marks} d "
+            "WHERE d.user_id = %(u)s AND d.event_id = a.event_id AND (d.dismissed OR d.read))) + "
+            f"(SELECT count(*) FROM {self.marks} d JOIN {self.items} i ON i.event_id = d.event_id, cur "
+            "WHERE d.user_id = %(u)s AND d.read = false AND NOT d.dismissed AND d.event_id <= cur.upto "
+            f"AND {self.VISIBLE})"
+        )
+        return int(conn.exec_driver_sql(sql, params).scalar_one())
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def mark(
+        self, conn: Connection, user_id: str, channels: Sequence[str], ids: Sequence[int], action: str
+    ) -> list[int]:
+        """Mark the items of ``ids`` that the user sees (and has not dismissed) ``read``,
+        ``unread`` or ``dismiss``ed, in one statement; return those ids (the others are ignored)."""
+        params: dict[str, Any] = {"u": user_id, "ids": list(ids), "chs": list(channels)}
+        values, update = {
+            "read": ("true, false", "read = true"),
+            "unread": ("false, false", "read = false"),
+            "dismiss": ("NULL, true", "dismissed = true"),
+        }[action]
+        sql = (
+            f"WITH hit AS (SELECT i.event_id FROM {self.items} i "
+            f"WHERE i.event_id = ANY(CAST(%(ids)s AS bigint[])) AND {self.VISIBLE} "
+            f"AND NOT EXISTS (SELECT 1 FROM {self.marks} d WHERE d.user_id = %(u)s "
+            "AND d.event_id = i.event_id AND d.dismissed)), "
+            # rows locked in id order, so two tabs marking the same items never deadlock
+            f"up AS (INSERT INTO {self.marks} (user_id, event_id, read, dismissed) "
+            f"SELECT %(u)s, event_id, {values} FROM hit ORDER BY event_id "
+            f"ON CONFLICT (user_id, event_id) DO UPDATE SET {update}) "
+            "SELECT event_id FROM hit ORDER BY event_id"
+        )
+        return [int(i) for i in conn.exec_driver_sql(sql, params).scalars().all()]
+
+    def read_upto(self, conn: Connection, user_id: str, upto: int | None) -> int:
+        """Mark every item with an id at or below ``upto`` read (None: every item), in one
+        statement whatever the count: the cursor moves up (never past the newest item, so later
+        items arrive unread), and the marks at or below it are dropped (dismissals stay).
+        Return the id it marked up to."""
+        params = {"u": user_id, "upto": BIGGEST_ID if upto is None else upto}
+        sql = (
+            f"WITH hit AS (SELECT LEAST(%(upto)s, (SELECT coalesce(max(event_id), 0) FROM {self.items})) AS upto), "
+            f"cur AS (INSERT INTO {self.cursors} AS c (user_id, read_upto) SELECT %(u)s, upto FROM hit "
+            "ON CONFLICT (user_id) DO UPDATE SET read_upto = GREATEST(c.read_upto, EXCLUDED.read_upto)), "
+            f"gone AS (DELETE FROM {self.marks} d USING hit "
+            "WHERE d.user_id = %(u)s AND d.event_id <= hit.upto AND NOT d.dismissed) "
+            "SELECT upto FROM hit"
+        )
+        return int(conn.exec_driver_sql(sql, params).scalar_one())
+
+    # -- pruning ---------------------------------------------------------------------------
+
+    def prune(self, older_than: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete the items older than ``older_than`` seconds and their marks, in small
+        batches; return how many items."""
+        sql = (
+            f"WITH victims AS (SELECT event_id FROM {self.items} "
+            "WHERE created_at < now() - make_interval(secs => %(age)s) "
+            "ORDER BY event_id LIMIT %(batch)s FOR UPDATE SKIP LOCKED), "
+            f"gone AS (DELETE FROM {self.items} i USING victims v WHERE i.event_id = v.event_id "
+            "RETURNING i.event_id), "
+            f"marks AS (DELETE FROM {self.marks} d USING gone g WHERE d.event_id = g.event_id) "
+            "SELECT count(*) FROM gone"
+        )
+        deleted = 0
+        while True:
+            with self.engine.begin() as conn:
+                count = int(conn.exec_driver_sql(sql, {"age": older_than, "batch": batch}).scalar_one())
+            deleted += count
+            if count < batch:
+                return deleted
