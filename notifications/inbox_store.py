@@ -107,20 +107,23 @@ class InboxStore:
         return [Row(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
 
     def unread(self, conn: Connection, user_id: str, channels: Sequence[str]) -> int:
-        """How many items the user sees that are unread (dismissed ones never count)."""
+        """How many items the user sees that are unread (dismissed ones never count): the items
+        above the cursor (index-only counts, one per branch), less the marks above it that read
+        or dismiss one, plus the marks at or below it that make one unread. No per-item join:
+        its cost is the index entries above the cursor plus the user's marks."""
         params: dict[str, Any] = {"u": user_id}
-        above = " UNION ALL ".join(
-            f"(SELECT i.event_id FROM {self.items} i, cur WHERE {branch} AND i.event_id > cur.upto)"
+        upto = f"(SELECT coalesce((SELECT read_upto FROM {self.cursors} WHERE user_id = %(u)s), 0))"
+        above = " + ".join(
+            f"(SELECT count(*) FROM {self.items} i WHERE {branch} AND i.event_id > {upto})"
             for branch in self._branches(channels, params)
         )
-        sql = (
-            f"WITH {self._cursor_cte} SELECT "
-            f"(SELECT count(*) FROM ({above}) a WHERE NOT EXISTS (SELECT 1 FROM {self.marks} d "
-            "WHERE d.user_id = %(u)s AND d.event_id = a.event_id AND (d.dismissed OR d.read))) + "
-            f"(SELECT count(*) FROM {self.marks} d JOIN {self.items} i ON i.event_id = d.event_id, cur "
-            "WHERE d.user_id = %(u)s AND d.read = false AND NOT d.dismissed AND d.event_id <= cur.upto "
-            f"AND {self.VISIBLE})"
+        marked = (
+            f"(SELECT count(*) FILTER (WHERE d.event_id <= {upto} AND d.read = false AND NOT d.dismissed) "
+            f"- count(*) FILTER (WHERE d.event_id > {upto} AND (d.read OR d.dismissed)) "
+            f"FROM {self.marks} d JOIN {self.items} i ON i.event_id = d.event_id "
+            f"WHERE d.user_id = %(u)s AND {self.VISIBLE})"
         )
+        sql = f"SELECT {above} + {marked}"
         return int(conn.exec_driver_sql(sql, params).scalar_one())
 
     # -- writing ---------------------------------------------------------------------------
