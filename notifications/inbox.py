@@ -123,9 +123,8 @@ def list(  # noqa: A001 (the name of the operation; builtins.list inside this mo
     user, names, size = validate_user_id(user_id), _channels(channels), _limit(limit)
     start = None if before is None else parse_id(before, "before")
     store = get_state().inbox
-    with store.engine.connect() as conn:
-        rows = store.page(conn, user, names, size + 1, start, bool(unread))
-        count = store.unread(conn, user, names)
+    with store.reads.connect() as conn:
+        rows, count = store.page(conn, user, names, size + 1, start, bool(unread))
     items = tuple(_item(r) for r in rows[:size])
     return Page(items, count, items[-1].id if len(rows) > size else None)
 
@@ -134,7 +133,7 @@ def unread_count(user_id: str | int, *, channels: Iterable[str] = ()) -> int:
     """How many unread items the user has (with these channels)."""
     user, names = validate_user_id(user_id), _channels(channels)
     store = get_state().inbox
-    with store.engine.connect() as conn:
+    with store.reads.connect() as conn:
         return store.unread(conn, user, names)
 
 

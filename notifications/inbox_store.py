@@ -7,9 +7,11 @@ event's own statement, so a broadcast to 100,000 users costs one row. A user's r
 (``<table>_inbox_marks``: read, unread, dismissed). Marking everything read is one statement
 whatever the count: it moves the cursor and drops the marks at or below it.
 
-Who sees an item is the stream's rule: its ``user_id`` is theirs or null, and its ``channel`` is
-null or one of the channels asked for. Pages and counts are a ``UNION ALL`` of branches that each
-walk one index, newest first: the user's own items, the broadcasts, one branch per channel.
+Who sees an item is the stream's rule: its ``user_id`` is theirs or none, and its ``channel`` is
+none or one of the channels asked for (none is stored as '', so that every branch is equalities).
+Pages and counts are a ``UNION ALL`` of branches that each walk one range of one index (user,
+channel, event_id), newest first: (the user, no channel), (the user, each channel), (no user, no
+channel), (no user, each channel).
 """
 
 from __future__ import annotations
@@ -41,78 +43,87 @@ class InboxStore:
     """Reads and writes the inbox tables through one SQLAlchemy engine (raw SQL: every query is
     one round trip, and ``bench/inbox.py`` measures exactly these statements)."""
 
-    def __init__(self, engine: Engine, names: Names) -> None:
+    def __init__(self, engine: Engine, names: Names, reads: Engine | None = None) -> None:
         self.engine = engine
+        self.reads = reads or engine  # pages and counts are one statement each: autocommit is enough
         self.items = names.sql("_inbox")
         self.marks = names.sql("_inbox_marks")
         self.cursors = names.sql("_inbox_cursors")
-        self._cursor_cte = (
-            f"cur AS (SELECT coalesce((SELECT read_upto FROM {self.cursors} WHERE user_id = %(u)s), 0) AS upto)"
-        )
+        self._upto = f"(SELECT coalesce((SELECT read_upto FROM {self.cursors} WHERE user_id = %(u)s), 0))"
 
     # -- visibility ------------------------------------------------------------------------
 
     @staticmethod
     def _branches(channels: Sequence[str], params: dict[str, Any]) -> list[str]:
-        """The conditions of the branches (alias ``i``) whose union is what the user sees."""
+        """The conditions of the branches (alias ``i``) whose union is what the user sees: each
+        one range of the index (user_id, channel, event_id): (user, none), (user, each channel),
+        (none, none) and (none, each channel)."""
         params["chs"] = list(channels)
-        branches = [
-            "i.user_id = %(u)s AND (i.channel IS NULL OR i.channel = ANY(CAST(%(chs)s AS text[])))",
-            "i.user_id IS NULL AND i.channel IS NULL",
-        ]
+        targets = ["i.channel = ''"]
         for n, channel in enumerate(channels):
             params[f"c{n}"] = channel
-            branches.append(f"i.user_id IS NULL AND i.channel = %(c{n})s")
-        return branches
+            targets.append(f"i.channel = %(c{n})s")
+        return [f"{who} AND {target}" for who in ("i.user_id = %(u)s", "i.user_id = ''") for target in targets]
 
-    VISIBLE = (
-        "(i.user_id = %(u)s OR i.user_id IS NULL) AND (i.channel IS NULL OR i.channel = ANY(CAST(%(chs)s AS text[])))"
-    )
+    VISIBLE = "i.user_id IN (%(u)s, '') AND (i.channel = '' OR i.channel = ANY(CAST(%(chs)s AS text[])))"
 
     # -- reading ---------------------------------------------------------------------------
 
     def page(
         self, conn: Connection, user_id: str, channels: Sequence[str], limit: int, before: int | None, unread: bool
-    ) -> list[Row]:
-        """At most ``limit`` items newest first, older than ``before``; only unread ones with ``unread``."""
-        params: dict[str, Any] = {"u": user_id, "limit": limit, "before": BIGGEST_ID if before is None else before}
+    ) -> tuple[list[Row], int]:
+        """At most ``limit`` items newest first, older than ``before``, only unread ones with
+        ``unread``; and the unread count (one statement, one snapshot).
+
+        The branches pick ids only (index-only scans, newest first, ``limit`` each); the page's
+        rows are then read by primary key."""
+        params: dict[str, Any] = {"u": user_id, "limit": limit, "before": before}
+        upto = self._upto
+        older = "" if before is None else " AND i.event_id < %(before)s"
         parts = []
         for branch in self._branches(channels, params):
             if unread:  # above the cursor, not marked read (nor dismissed)
                 hidden = "(d.dismissed OR d.read)"
-                branch += " AND i.event_id > cur.upto"
+                branch += f" AND i.event_id > {upto}"
             else:
                 hidden = "d.dismissed"
             parts.append(
-                f"(SELECT i.event_id, i.data, i.created_at FROM {self.items} i, cur WHERE {branch} "
-                f"AND i.event_id < %(before)s AND NOT EXISTS (SELECT 1 FROM {self.marks} d "
-                f"WHERE d.user_id = %(u)s AND d.event_id = i.event_id AND {hidden}) "
-                "ORDER BY i.event_id DESC LIMIT %(limit)s)"
+                f"(SELECT i.event_id FROM {self.items} i WHERE {branch}{older} "
+                f"AND NOT EXISTS (SELECT 1 FROM {self.marks} d WHERE d.user_id = %(u)s "
+                f"AND d.event_id = i.event_id AND {hidden}) ORDER BY i.event_id DESC LIMIT %(limit)s)"
             )
         if unread:  # at or below the cursor: marked unread
             parts.append(
-                f"(SELECT i.event_id, i.data, i.created_at FROM {self.marks} d "
-                f"JOIN {self.items} i ON i.event_id = d.event_id, cur "
-                "WHERE d.user_id = %(u)s AND d.read = false AND NOT d.dismissed AND d.event_id <= cur.upto "
-                f"AND d.event_id < %(before)s AND {self.VISIBLE} ORDER BY d.event_id DESC LIMIT %(limit)s)"
+                f"(SELECT i.event_id FROM {self.marks} d JOIN {self.items} i ON i.event_id = d.event_id "
+                f"WHERE d.user_id = %(u)s AND d.read = false AND NOT d.dismissed AND d.event_id <= {upto}"
+                f"{older} AND {self.VISIBLE} ORDER BY d.event_id DESC LIMIT %(limit)s)"
             )
+        # The count is an uncorrelated subquery (computed once); the LEFT JOIN keeps its row when
+        # the page is empty.
         sql = (
-            f"WITH {self._cursor_cte} "
-            "SELECT p.event_id, p.data, p.created_at, coalesce(m.read, p.event_id <= cur.upto) AS read "
-            f"FROM ({' UNION ALL '.join(parts)}) p CROSS JOIN cur "
-            f"LEFT JOIN {self.marks} m ON m.user_id = %(u)s AND m.event_id = p.event_id "
-            "ORDER BY p.event_id DESC LIMIT %(limit)s"
+            f"WITH ids AS (SELECT event_id FROM ({' UNION ALL '.join(parts)}) u "
+            "ORDER BY event_id DESC LIMIT %(limit)s), "
+            f"page AS (SELECT i.event_id, i.data, i.created_at, coalesce(m.read, i.event_id <= {upto}) AS read "
+            f"FROM ids JOIN {self.items} i ON i.event_id = ids.event_id "
+            f"LEFT JOIN {self.marks} m ON m.user_id = %(u)s AND m.event_id = i.event_id) "
+            f"SELECT c.unread, page.* FROM (SELECT {self._count(channels, params)} AS unread) c "
+            "LEFT JOIN page ON true ORDER BY page.event_id DESC"
         )
         rows = conn.exec_driver_sql(sql, params).all()
-        return [Row(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
+        items = [Row(int(r[1]), r[2], r[3], bool(r[4])) for r in rows if r[1] is not None]
+        return items, int(rows[0][0])
 
     def unread(self, conn: Connection, user_id: str, channels: Sequence[str]) -> int:
-        """How many items the user sees that are unread (dismissed ones never count): the items
-        above the cursor (index-only counts, one per branch), less the marks above it that read
-        or dismiss one, plus the marks at or below it that make one unread. No per-item join:
-        its cost is the index entries above the cursor plus the user's marks."""
+        """How many items the user sees that are unread (dismissed ones never count)."""
         params: dict[str, Any] = {"u": user_id}
-        upto = f"(SELECT coalesce((SELECT read_upto FROM {self.cursors} WHERE user_id = %(u)s), 0))"
+        return int(conn.exec_driver_sql(f"SELECT {self._count(channels, params)}", params).scalar_one())
+
+    def _count(self, channels: Sequence[str], params: dict[str, Any]) -> str:
+        """The unread count as an SQL expression: the items above the cursor (index-only counts,
+        one per branch), less the marks above it that read or dismiss one, plus the marks at or
+        below it that make one unread. No per-item join: it costs the index entries above the
+        cursor plus the user's marks."""
+        upto = self._upto
         above = " + ".join(
             f"(SELECT count(*) FROM {self.items} i WHERE {branch} AND i.event_id > {upto})"
             for branch in self._branches(channels, params)
@@ -123,8 +134,7 @@ class InboxStore:
             f"FROM {self.marks} d JOIN {self.items} i ON i.event_id = d.event_id "
             f"WHERE d.user_id = %(u)s AND {self.VISIBLE})"
         )
-        sql = f"SELECT {above} + {marked}"
-        return int(conn.exec_driver_sql(sql, params).scalar_one())
+        return f"({above} + {marked})"
 
     # -- writing ---------------------------------------------------------------------------
 

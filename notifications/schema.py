@@ -29,7 +29,6 @@ from sqlalchemy import (
     Text,
     false,
     func,
-    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -137,22 +136,18 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
         ),
         # An inbox notification, stored once whoever it reaches (its event's own targeting), with
         # a copy of its data: it outlives the events row (NOTIFICATIONS_INBOX_RETENTION), so no
-        # foreign key to the events table.
+        # foreign key to the events table. No user or no channel is '' (never a valid id or
+        # name), not NULL: every query is then equalities on the index, read in its order.
         inbox=Table(
             f"{t}_inbox",
             metadata,
             Column("event_id", BigInteger, primary_key=True, autoincrement=False),
-            Column("user_id", Text, nullable=True),
-            Column("channel", String(128), nullable=True),
+            Column("user_id", Text, nullable=False),
+            Column("channel", String(128), nullable=False),
             Column("data", JSONB, nullable=False),
             Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-            Index(f"ix_{t}_inbox_user", "user_id", "event_id", postgresql_include=["channel"]),
-            Index(
-                f"ix_{t}_inbox_shared",
-                "channel",
-                "event_id",
-                postgresql_where=text("user_id IS NULL"),
-            ),
+            # every query walks (user or null, channel or null) ranges of this one index, newest first
+            Index(f"ix_{t}_inbox_target", "user_id", "channel", "event_id"),
             Index(f"ix_{t}_inbox_created_at", "created_at"),
             schema=schema,
         ),

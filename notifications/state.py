@@ -69,7 +69,7 @@ class State:
     def inbox(self) -> InboxStore:
         """The inbox tables, on the store's engine (``notifications.inbox``)."""
         if self._inbox is None:
-            self._inbox = InboxStore(self.store.engine, self.names)
+            self._inbox = InboxStore(self.store.engine, self.names, reads=self.store.autocommit)
         return self._inbox
 
     @property

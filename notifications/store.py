@@ -89,7 +89,7 @@ class EventStore:
             ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
             "RETURNING id, data, user_id, channel, created_at), "
             f"box AS (INSERT INTO {names.sql('_inbox')} (event_id, user_id, channel, data, created_at) "
-            "SELECT r.id, r.user_id, r.channel, r.data, r.created_at FROM "
+            "SELECT r.id, coalesce(r.user_id, ''), coalesce(r.channel, ''), r.data, r.created_at FROM "
             "(SELECT *, row_number() OVER (ORDER BY id) AS position FROM ins) AS r "
             "JOIN unnest(CAST(%(boxes)s AS boolean[])) WITH ORDINALITY AS f(inbox, position) USING (position) "
             "WHERE f.inbox), "
@@ -99,6 +99,7 @@ class EventStore:
         # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
         # its connections there, instead of switching a shared connection at every checkout.
         self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.autocommit = self._autocommit  # also for single-statement reads (the inbox's)
         cols = self.events.c
         self._since = (
             select(

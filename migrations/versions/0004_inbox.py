@@ -31,22 +31,13 @@ def upgrade() -> None:
     op.create_table(
         f"{name}_inbox",
         sa.Column("event_id", sa.BigInteger, primary_key=True, autoincrement=False),
-        sa.Column("user_id", sa.Text, nullable=True),
-        sa.Column("channel", sa.String(128), nullable=True),
+        sa.Column("user_id", sa.Text, nullable=False),  # '' for everyone
+        sa.Column("channel", sa.String(128), nullable=False),  # '' for no channel
         sa.Column("data", JSONB, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         schema=schema,
     )
-    op.create_index(
-        f"ix_{name}_inbox_user", f"{name}_inbox", ["user_id", "event_id"], schema=schema, postgresql_include=["channel"]
-    )
-    op.create_index(
-        f"ix_{name}_inbox_shared",
-        f"{name}_inbox",
-        ["channel", "event_id"],
-        schema=schema,
-        postgresql_where=sa.text("user_id IS NULL"),
-    )
+    op.create_index(f"ix_{name}_inbox_target", f"{name}_inbox", ["user_id", "channel", "event_id"], schema=schema)
     op.create_index(f"ix_{name}_inbox_created_at", f"{name}_inbox", ["created_at"], schema=schema)
     op.create_table(
         f"{name}_inbox_marks",
@@ -71,6 +62,5 @@ def downgrade() -> None:
     op.drop_index(f"ix_{name}_inbox_marks_event_id", table_name=f"{name}_inbox_marks", schema=schema)
     op.drop_table(f"{name}_inbox_marks", schema=schema)
     op.drop_index(f"ix_{name}_inbox_created_at", table_name=f"{name}_inbox", schema=schema)
-    op.drop_index(f"ix_{name}_inbox_shared", table_name=f"{name}_inbox", schema=schema)
-    op.drop_index(f"ix_{name}_inbox_user", table_name=f"{name}_inbox", schema=schema)
+    op.drop_index(f"ix_{name}_inbox_target", table_name=f"{name}_inbox", schema=schema)
     op.drop_table(f"{name}_inbox", schema=schema)
