@@ -13,7 +13,6 @@ the POSTs too) follow the stream's rules and grants (``authorize_stream``). Ever
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +25,7 @@ from .auth import AccessError, authorize_stream
 from .events import parse_channels, validate_user_id
 from .exceptions import InvalidInput, PublishError
 from .state import get_state
-from .views import blueprint
+from .views import blueprint, json_body
 
 MAX_BODY_BYTES = 256 * 1024  # 1,000 ids fit many times over: more ids is a 400, not a 413
 _SHAPES = {"ids": '{"ids": ["<id>", ...]}', "upTo": '{"upTo": "<id>"}', "all": '{"all": true}'}
@@ -74,19 +73,9 @@ def _limit() -> int:
 
 
 def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The JSON object of a POST: exactly one of the ``allowed`` keys."""
-    if not request.is_json:
-        raise AccessError(400, "send the body as Content-Type: application/json")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise AccessError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    raw = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise AccessError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise AccessError(400, "the body must be JSON") from None
+    """The JSON object of a POST: exactly one of the ``allowed`` keys (anything else is 400)."""
     shapes = " or ".join(_SHAPES[k] for k in allowed)
+    body = json_body(MAX_BODY_BYTES, shapes, wrong_type=400)
     if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in allowed:
         raise AccessError(400, f"the body must be {shapes}")
     if "all" in body and body["all"] is not True:

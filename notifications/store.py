@@ -67,39 +67,33 @@ class EventStore:
         self.lock_key = publish_key(names)
         # Lock, INSERT of every row and one NOTIFY as one multi-statement query: one round trip,
         # and the lock is held only while the server works, never across a client round trip.
-        self._append_sql = (
-            "SELECT pg_advisory_xact_lock(%(key)s); "
-            f"WITH ins AS (INSERT INTO {names.sql()} (event, data, user_id, channel) "
+        insert = (
+            f"INSERT INTO {names.sql()} (event, data, user_id, channel) "
             "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
             "CAST(%(names)s AS text[]), CAST(%(datas)s AS text[]), "
             "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[])"
             ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
-            "RETURNING id), "
+        )
+        doorbell = (
             "doorbell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
             "SELECT ins.id FROM ins, doorbell ORDER BY ins.id"
         )
+        lock = "SELECT pg_advisory_xact_lock(%(key)s); "
+        self._append_sql = f"{lock}WITH ins AS ({insert}RETURNING id), {doorbell}"
         # The same with inbox notifications among the events: their rows go into the inbox table
         # too, in the same statement (so in the same transaction), matched by batch position.
         self._append_inbox_sql = (
-            "SELECT pg_advisory_xact_lock(%(key)s); "
-            f"WITH ins AS (INSERT INTO {names.sql()} (event, data, user_id, channel) "
-            "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
-            "CAST(%(names)s AS text[]), CAST(%(datas)s AS text[]), "
-            "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[])"
-            ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
-            "RETURNING id, data, user_id, channel, created_at), "
+            f"{lock}WITH ins AS ({insert}RETURNING id, data, user_id, channel, created_at), "
             f"box AS (INSERT INTO {names.sql('_inbox')} (event_id, user_id, channel, data, created_at) "
             "SELECT r.id, coalesce(r.user_id, ''), coalesce(r.channel, ''), r.data, r.created_at FROM "
             "(SELECT *, row_number() OVER (ORDER BY id) AS position FROM ins) AS r "
             "JOIN unnest(CAST(%(boxes)s AS boolean[])) WITH ORDINALITY AS f(inbox, position) USING (position) "
-            "WHERE f.inbox), "
-            "doorbell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
-            "SELECT ins.id FROM ins, doorbell ORDER BY ins.id"
+            f"WHERE f.inbox), {doorbell}"
         )
         # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
         # its connections there, instead of switching a shared connection at every checkout.
-        self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.autocommit = self._autocommit  # also for single-statement reads (the inbox's)
+        # (Also the inbox's pool for its single-statement reads.)
+        self.autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
         cols = self.events.c
         self._since = (
             select(
@@ -139,7 +133,7 @@ class EventStore:
     def append(self, events: Sequence[Event]) -> list[str]:
         """Append events in one short transaction of their own (all or nothing): the
         multi-statement query runs as one implicit transaction, committed by the server."""
-        with self._autocommit.connect() as conn:
+        with self.autocommit.connect() as conn:
             return self.append_in(conn, events)
 
     # -- reading ---------------------------------------------------------------------------
