@@ -119,22 +119,29 @@ class InboxStore:
         return int(conn.exec_driver_sql(f"SELECT {self._count(channels, params)}", params).scalar_one())
 
     def _count(self, channels: Sequence[str], params: dict[str, Any]) -> str:
-        """The unread count as an SQL expression: the items above the cursor (index-only counts,
-        one per branch), less the marks above it that read or dismiss one, plus the marks at or
-        below it that make one unread. No per-item join: it costs the index entries above the
-        cursor plus the user's marks."""
+        """The unread count as an SQL expression: the items above the cursor, less the marks
+        above it that read or dismiss one, plus the marks at or below it that make one unread.
+
+        Items above the cursor are counted without reading them: within one target the items'
+        ``seq`` run 1, 2, 3, ... in id order, and pruning removes the oldest ids first, so the
+        items a target keeps have consecutive ``seq``; how many of them are above the cursor is
+        the newest one's ``seq`` less the ``seq`` of the newest one at or below the cursor (or of
+        the oldest kept, less one): three index probes per branch, whatever the count."""
         upto = self._upto
-        above = " + ".join(
-            f"(SELECT count(*) FROM {self.items} i WHERE {branch} AND i.event_id > {upto})"
-            for branch in self._branches(channels, params)
-        )
+        counts = []
+        for branch in self._branches(channels, params):
+            probe = f"(SELECT i.seq FROM {self.items} i WHERE {branch}"
+            newest = f"{probe} ORDER BY i.event_id DESC LIMIT 1)"
+            below = f"{probe} AND i.event_id <= {upto} ORDER BY i.event_id DESC LIMIT 1)"
+            oldest = f"{probe} ORDER BY i.event_id LIMIT 1)"
+            counts.append(f"coalesce({newest} - coalesce({below}, {oldest} - 1), 0)")
         marked = (
             f"(SELECT count(*) FILTER (WHERE d.event_id <= {upto} AND d.read = false AND NOT d.dismissed) "
             f"- count(*) FILTER (WHERE d.event_id > {upto} AND (d.read OR d.dismissed)) "
             f"FROM {self.marks} d JOIN {self.items} i ON i.event_id = d.event_id "
             f"WHERE d.user_id = %(u)s AND {self.VISIBLE})"
         )
-        return f"({above} + {marked})"
+        return f"({' + '.join(counts)} + {marked})"
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -181,21 +188,28 @@ class InboxStore:
     # -- pruning ---------------------------------------------------------------------------
 
     def prune(self, older_than: float, batch: int = PRUNE_BATCH) -> int:
-        """Delete the items older than ``older_than`` seconds and their marks, in small
-        batches; return how many items."""
+        """Delete the items older than ``older_than`` seconds and their marks, oldest ids first
+        and never past the oldest id of an item to keep (so the kept ones of each target keep
+        consecutive ``seq``), in small batches; return how many items."""
+        edge_sql = (
+            f"SELECT coalesce((SELECT event_id FROM {self.items} "
+            "WHERE created_at >= now() - make_interval(secs => %(age)s) ORDER BY event_id LIMIT 1), %(big)s)"
+        )
         sql = (
-            f"WITH victims AS (SELECT event_id FROM {self.items} "
-            "WHERE created_at < now() - make_interval(secs => %(age)s) "
-            "ORDER BY event_id LIMIT %(batch)s FOR UPDATE SKIP LOCKED), "
+            f"WITH victims AS (SELECT event_id FROM {self.items} WHERE event_id < %(edge)s "
+            "ORDER BY event_id LIMIT %(batch)s), "
             f"gone AS (DELETE FROM {self.items} i USING victims v WHERE i.event_id = v.event_id "
             "RETURNING i.event_id), "
             f"marks AS (DELETE FROM {self.marks} d USING gone g WHERE d.event_id = g.event_id) "
             "SELECT count(*) FROM gone"
         )
+        with self.engine.connect() as conn:
+            edge = int(conn.exec_driver_sql(edge_sql, {"age": older_than, "big": BIGGEST_ID}).scalar_one())
+            conn.rollback()
         deleted = 0
         while True:
             with self.engine.begin() as conn:
-                count = int(conn.exec_driver_sql(sql, {"age": older_than, "batch": batch}).scalar_one())
+                count = int(conn.exec_driver_sql(sql, {"edge": edge, "batch": batch}).scalar_one())
             deleted += count
             if count < batch:
                 return deleted

@@ -64,6 +64,7 @@ class Tables:
     inbox: Table
     inbox_marks: Table
     inbox_cursors: Table
+    inbox_targets: Table
 
 
 def define_tables(metadata: MetaData | None = None, names: Names | None = None) -> Tables:
@@ -146,8 +147,9 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
             Column("channel", String(128), nullable=False),
             Column("data", JSONB, nullable=False),
             Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-            # every query walks (user or null, channel or null) ranges of this one index, newest first
-            Index(f"ix_{t}_inbox_target", "user_id", "channel", "event_id"),
+            Column("seq", BigInteger, nullable=False),  # 1, 2, 3, ... within its (user_id, channel)
+            # every query walks (user or none, channel or none) ranges of this one index, newest first
+            Index(f"ix_{t}_inbox_target", "user_id", "channel", "event_id", postgresql_include=["seq"]),
             Index(f"ix_{t}_inbox_created_at", "created_at"),
             schema=schema,
         ),
@@ -169,6 +171,15 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
             metadata,
             Column("user_id", Text, primary_key=True),
             Column("read_upto", BigInteger, nullable=False),
+            schema=schema,
+        ),
+        # The last ``seq`` handed out for each (user_id, channel) of the inbox.
+        inbox_targets=Table(
+            f"{t}_inbox_targets",
+            metadata,
+            Column("user_id", Text, primary_key=True),
+            Column("channel", String(128), primary_key=True),
+            Column("seq", BigInteger, nullable=False),
             schema=schema,
         ),
     )

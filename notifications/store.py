@@ -81,14 +81,25 @@ class EventStore:
         lock = "SELECT pg_advisory_xact_lock(%(key)s); "
         self._append_sql = f"{lock}WITH ins AS ({insert}RETURNING id), {doorbell}"
         # The same with inbox notifications among the events: their rows go into the inbox table
-        # too, in the same statement (so in the same transaction), matched by batch position.
+        # too, in the same statement (so in the same transaction), matched by batch position, each
+        # with the next position (``seq``) of its target ('' for no user or no channel), handed
+        # out under the publish lock: see ``inbox_store``.
+        target = "coalesce(r.user_id, ''), coalesce(r.channel, '')"
         self._append_inbox_sql = (
             f"{lock}WITH ins AS ({insert}RETURNING id, data, user_id, channel, created_at), "
-            f"box AS (INSERT INTO {names.sql('_inbox')} (event_id, user_id, channel, data, created_at) "
-            "SELECT r.id, coalesce(r.user_id, ''), coalesce(r.channel, ''), r.data, r.created_at FROM "
+            "boxed AS (SELECT r.id, coalesce(r.user_id, '') AS u, coalesce(r.channel, '') AS c, r.data, r.created_at, "
+            f"row_number() OVER (PARTITION BY {target} ORDER BY r.id) AS k, "
+            f"count(*) OVER (PARTITION BY {target}) AS n FROM "
             "(SELECT *, row_number() OVER (ORDER BY id) AS position FROM ins) AS r "
             "JOIN unnest(CAST(%(boxes)s AS boolean[])) WITH ORDINALITY AS f(inbox, position) USING (position) "
-            f"WHERE f.inbox), {doorbell}"
+            "WHERE f.inbox), "
+            f"tgt AS (INSERT INTO {names.sql('_inbox_targets')} AS t (user_id, channel, seq) "
+            "SELECT u, c, max(n) FROM boxed GROUP BY u, c "
+            "ON CONFLICT (user_id, channel) DO UPDATE SET seq = t.seq + EXCLUDED.seq RETURNING user_id, channel, seq), "
+            f"box AS (INSERT INTO {names.sql('_inbox')} (event_id, user_id, channel, data, created_at, seq) "
+            "SELECT b.id, b.u, b.c, b.data, b.created_at, t.seq - b.n + b.k "
+            "FROM boxed b JOIN tgt t ON t.user_id = b.u AND t.channel = b.c), "
+            f"{doorbell}"
         )
         # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
         # its connections there, instead of switching a shared connection at every checkout.

@@ -1,4 +1,5 @@
-"""The inbox: notifications kept with per-user read state (items, marks, read-up-to cursors).
+"""The inbox: notifications kept with per-user read state (items, marks, read-up-to cursors,
+the last position handed out per target).
 
 Revision ID: 0004
 Revises: 0003
@@ -35,9 +36,16 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(128), nullable=False),  # '' for no channel
         sa.Column("data", JSONB, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("seq", sa.BigInteger, nullable=False),
         schema=schema,
     )
-    op.create_index(f"ix_{name}_inbox_target", f"{name}_inbox", ["user_id", "channel", "event_id"], schema=schema)
+    op.create_index(
+        f"ix_{name}_inbox_target",
+        f"{name}_inbox",
+        ["user_id", "channel", "event_id"],
+        schema=schema,
+        postgresql_include=["seq"],
+    )
     op.create_index(f"ix_{name}_inbox_created_at", f"{name}_inbox", ["created_at"], schema=schema)
     op.create_table(
         f"{name}_inbox_marks",
@@ -54,10 +62,18 @@ def upgrade() -> None:
         sa.Column("read_upto", sa.BigInteger, nullable=False),
         schema=schema,
     )
+    op.create_table(
+        f"{name}_inbox_targets",
+        sa.Column("user_id", sa.Text, primary_key=True),
+        sa.Column("channel", sa.String(128), primary_key=True),
+        sa.Column("seq", sa.BigInteger, nullable=False),
+        schema=schema,
+    )
 
 
 def downgrade() -> None:
     name, schema = _table(), _schema()
+    op.drop_table(f"{name}_inbox_targets", schema=schema)
     op.drop_table(f"{name}_inbox_cursors", schema=schema)
     op.drop_index(f"ix_{name}_inbox_marks_event_id", table_name=f"{name}_inbox_marks", schema=schema)
     op.drop_table(f"{name}_inbox_marks", schema=schema)

@@ -38,6 +38,7 @@ TABLES = {
     "notification_events_inbox",
     "notification_events_inbox_marks",
     "notification_events_inbox_cursors",
+    "notification_events_inbox_targets",
     "notification_events_alembic_version",
 }
 

@@ -34,6 +34,7 @@ SUFFIXES = (
     "_inbox",
     "_inbox_marks",
     "_inbox_cursors",
+    "_inbox_targets",
 )
 
 

@@ -24,6 +24,8 @@ from tests.support.publisher import Publisher, api
 from tests.support.server import GunicornServer, wait_until_serving
 
 INBOX = "/api/notifications/inbox"
+# past NOTIFICATIONS_INBOX_RETENTION (its default, 90d): every item up to an id
+AGE_UP_TO = "UPDATE notification_events_inbox SET created_at = now() - interval '91 days' WHERE event_id <= %s"
 
 
 @pytest.fixture(scope="module")
@@ -525,8 +527,8 @@ def test_concurrent_mark_read_from_two_tabs_ends_in_the_same_state(server, publi
 
 
 def test_inbox_retention_is_independent_of_the_stream_history(server, database_url, publisher, token, user):
-    old = boxed(publisher, "old but in the inbox", user_id=user)
     ancient = boxed(publisher, "older than the inbox keeps", user_id=user)
+    old = boxed(publisher, "old but in the inbox", user_id=user)
     bearer = token(user)
     change(server, bearer, "dismiss", {"ids": [str(ancient)]})
     state = publisher.app.extensions["notifications"]
@@ -534,12 +536,9 @@ def test_inbox_retention_is_independent_of_the_stream_history(server, database_u
         state.pruner.prune_once(older_than=0, wait=True)  # the whole stream history
     assert query(database_url, "SELECT count(*) FROM notification_events WHERE id IN (%s, %s)", old, ancient) == [(0,)]
     assert {old}.issubset(ids_of(listing(server, bearer, "limit=100")))
-    # past NOTIFICATIONS_INBOX_RETENTION (90d): gone, with its read state
-    query(
-        database_url,
-        "UPDATE notification_events_inbox SET created_at = now() - interval '91 days' WHERE event_id = %s",
-        ancient,
-    )
+    # past NOTIFICATIONS_INBOX_RETENTION (90d), as is everything stored before it: gone, with
+    # its read state
+    query(database_url, AGE_UP_TO, ancient)
     with publisher.app.app_context():
         state.pruner.prune_once(wait=True)
     assert query(database_url, "SELECT count(*) FROM notification_events_inbox WHERE event_id = %s", ancient) == [(0,)]
@@ -597,3 +596,61 @@ def test_read_state_survives_killed_workers(server, publisher, token, user):
     assert after == before
     states = {int(i["id"]): i["read"] for i in after["items"]}
     assert states[read] is True and states[unread] is False and dismissed not in states
+
+
+def test_the_count_agrees_with_the_list_through_batches_rollbacks_and_pruning(server, database_url, publisher, user):
+    """The unread count (counted from positions, not rows) equals the unread items listed, after
+    every step of a seeded mix of batches, rollbacks, changes and pruning."""
+    import random
+
+    rng = random.Random(15)
+    note = {"type": "notification", "notificationType": "info", "message": "m"}
+    targets = [
+        {"user_id": user},
+        {},
+        {"channel": "team"},
+        {"user_id": user, "channel": "team"},
+        {"user_id": "x" + user},
+    ]
+    engine = create_engine(database_url)
+    state = publisher.app.extensions["notifications"]
+
+    def check(channels: tuple[str, ...]) -> None:
+        page = inbox.list(user, channels=channels, limit=100)
+        assert page.next is None
+        assert page.unread == sum(not i.read for i in page.items) == inbox.unread_count(user, channels=channels)
+
+    try:
+        with publisher.app.app_context():
+            for step in range(40):
+                roll = rng.random()
+                if roll < 0.4:
+                    batch = [
+                        {"event": "notification", "data": note, "inbox": True, **rng.choice(targets)} for _ in range(5)
+                    ]
+                    api("publish_many")(batch)
+                elif roll < 0.5:
+                    with pytest.raises(RuntimeError), engine.begin() as conn:
+                        api("publish_many")([{"event": "notification", "data": note, "inbox": True}], connection=conn)
+                        raise RuntimeError("rolled back")
+                else:
+                    items = [i.id for i in inbox.list(user, channels=("team",), limit=100).items]
+                    if items:
+                        picked = rng.sample(items, min(3, len(items)))
+                        action = rng.choice(["read", "unread", "dismiss", "upto"])
+                        if action == "read":
+                            inbox.mark_read(user, picked, channels=("team",))
+                        elif action == "unread":
+                            inbox.mark_unread(user, picked, channels=("team",))
+                        elif action == "dismiss":
+                            inbox.dismiss(user, picked[:1], channels=("team",))
+                        else:
+                            inbox.mark_read(user, up_to=rng.choice(items))
+                if step == 30:  # the oldest half of this test's items past the retention
+                    mine = sorted(int(i.id) for i in inbox.list(user, channels=("team",), limit=100).items)
+                    query(database_url, AGE_UP_TO, mine[len(mine) // 2])
+                    state.pruner.prune_once(wait=True)
+                check(())
+                check(("team",))
+    finally:
+        engine.dispose()
