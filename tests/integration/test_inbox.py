@@ -654,3 +654,25 @@ def test_the_count_agrees_with_the_list_through_batches_rollbacks_and_pruning(se
                 check(("team",))
     finally:
         engine.dispose()
+
+
+def test_reads_fall_back_to_plain_statements_when_prepared_ones_vanish(server, database_url, publisher, user):
+    """Behind a pooler in transaction mode a statement prepared on one server connection is
+    missing on the next: the read still answers, and the store stops preparing."""
+    from notifications.inbox_store import InboxStore
+    from notifications.schema import Names
+
+    boxed(publisher, "counted", user_id=user)
+    engine = create_engine(database_url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT")
+    try:
+        store = InboxStore(engine, Names(), reads=engine)
+        with engine.connect() as conn:
+            first = store.unread(conn, user, ())
+            assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar_one() >= 1
+            conn.exec_driver_sql("DEALLOCATE ALL")  # what a pooler's next server connection looks like
+            assert store.unread(conn, user, ()) == first >= 1
+            assert store.prepare is False
+            rows, count = store.page(conn, user, (), 5, None, False)
+            assert count == first and rows
+    finally:
+        engine.dispose()
