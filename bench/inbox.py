@@ -128,15 +128,21 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def measure(client: Client, path: str, n: int, warmup: int = 200) -> dict[str, Any]:
-    samples = []
-    answer: Any = None
+def measure(client: Client, paths: dict[str, str], n: int, warmup: int = 200) -> dict[str, dict[str, Any]]:
+    """``n`` requests to each of ``paths``, interleaved (one of each in turn, so a burst of other
+    work on the machine falls on every route alike), after ``warmup`` rounds."""
+    samples: dict[str, list[float]] = {label: [] for label in paths}
+    answers: dict[str, Any] = {}
     for i in range(warmup + n):
-        ms, status, answer = client.request("GET", path)
-        assert status == 200, answer
-        if i >= warmup:
-            samples.append(ms)
-    return {"path": path, **percentiles(samples), "answer": _summary(answer)}
+        for label, path in paths.items():
+            ms, status, answers[label] = client.request("GET", path)
+            assert status == 200, answers[label]
+            if i >= warmup:
+                samples[label].append(ms)
+    return {
+        label: {"path": path, **percentiles(samples[label]), "answer": _summary(answers[label])}
+        for label, path in paths.items()
+    }
 
 
 def _summary(answer: Any) -> Any:
@@ -148,7 +154,7 @@ def _summary(answer: Any) -> Any:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--total", type=int, default=1_000_000, help="inbox notifications to store")
-    parser.add_argument("--requests", type=int, default=2000, help="measured requests per route")
+    parser.add_argument("--requests", type=int, default=3000, help="measured requests per route")
     args = parser.parse_args()
 
     os.sched_setaffinity(0, {1})  # this process (loader, client) on CPU 1; the worker on CPU 0
@@ -177,11 +183,17 @@ def main() -> int:
         log(f"the reader has {results['reader_unread']:,} unread; measuring {args.requests:,} requests a route")
         n = args.requests
         results["load_average_start"] = [round(x, 2) for x in os.getloadavg()]
-        results["healthz"] = measure(client, "/healthz", n)  # the same server, no database: the floor
-        results["count"] = measure(client, f"{base}/count?channels=team", n)
-        results["page"] = measure(client, f"{base}?channels=team&limit=20", n)
-        results["page_deep"] = measure(client, f"{base}?channels=team&limit=20&before={middle}", n)
-        results["page_unread"] = measure(client, f"{base}?channels=team&limit=20&unread=1", n)
+        results |= measure(
+            client,
+            {
+                "healthz": "/healthz",  # the same server, no database: the floor
+                "count": f"{base}/count?channels=team",
+                "page": f"{base}?channels=team&limit=20",
+                "page_deep": f"{base}?channels=team&limit=20&before={middle}",
+                "page_unread": f"{base}?channels=team&limit=20&unread=1",
+            },
+            n,
+        )
 
         # mark all read: the reader's 10,000 at once, then 20 users with about 20 each
         ms, status, answer = client.request("POST", f"{base}/read?channels=team", {"all": True})
@@ -195,8 +207,14 @@ def main() -> int:
             assert status == 200 and answer == {"unread": 0}, answer
             small.append(ms)
         results["read_all_20_ms_median"] = round(statistics.median(small), 3)
-        results["count_after_read_all"] = measure(client, f"{base}/count?channels=team", n)
-        results["page_after_read_all"] = measure(client, f"{base}?channels=team&limit=20", n)
+        results |= measure(
+            client,
+            {
+                "count_after_read_all": f"{base}/count?channels=team",
+                "page_after_read_all": f"{base}?channels=team&limit=20",
+            },
+            n,
+        )
         results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         if server is not None:
