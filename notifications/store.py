@@ -67,20 +67,44 @@ class EventStore:
         self.lock_key = publish_key(names)
         # Lock, INSERT of every row and one NOTIFY as one multi-statement query: one round trip,
         # and the lock is held only while the server works, never across a client round trip.
-        self._append_sql = (
-            "SELECT pg_advisory_xact_lock(%(key)s); "
-            f"WITH ins AS (INSERT INTO {names.sql()} (event, data, user_id, channel) "
+        insert = (
+            f"INSERT INTO {names.sql()} (event, data, user_id, channel) "
             "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
             "CAST(%(names)s AS text[]), CAST(%(datas)s AS text[]), "
             "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[])"
             ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
-            "RETURNING id), "
+        )
+        doorbell = (
             "doorbell AS (SELECT pg_notify(%(channel)s, (SELECT max(id) FROM ins)::text)) "
             "SELECT ins.id FROM ins, doorbell ORDER BY ins.id"
         )
+        lock = "SELECT pg_advisory_xact_lock(%(key)s); "
+        self._append_sql = f"{lock}WITH ins AS ({insert}RETURNING id), {doorbell}"
+        # The same with inbox notifications among the events: their rows go into the inbox table
+        # too, in the same statement (so in the same transaction), matched by batch position, each
+        # with the next position (``seq``) of its target ('' for no user or no channel), handed
+        # out under the publish lock: see ``inbox_store``.
+        target = "coalesce(r.user_id, ''), coalesce(r.channel, '')"
+        self._append_inbox_sql = (
+            f"{lock}WITH ins AS ({insert}RETURNING id, data, user_id, channel, created_at), "
+            "boxed AS (SELECT r.id, coalesce(r.user_id, '') AS u, coalesce(r.channel, '') AS c, r.data, r.created_at, "
+            f"row_number() OVER (PARTITION BY {target} ORDER BY r.id) AS k, "
+            f"count(*) OVER (PARTITION BY {target}) AS n FROM "
+            "(SELECT *, row_number() OVER (ORDER BY id) AS position FROM ins) AS r "
+            "JOIN unnest(CAST(%(boxes)s AS boolean[])) WITH ORDINALITY AS f(inbox, position) USING (position) "
+            "WHERE f.inbox), "
+            f"tgt AS (INSERT INTO {names.sql('_inbox_targets')} AS t (user_id, channel, seq) "
+            "SELECT u, c, max(n) FROM boxed GROUP BY u, c "
+            "ON CONFLICT (user_id, channel) DO UPDATE SET seq = t.seq + EXCLUDED.seq RETURNING user_id, channel, seq), "
+            f"box AS (INSERT INTO {names.sql('_inbox')} (event_id, user_id, channel, data, created_at, seq) "
+            "SELECT b.id, b.u, b.c, b.data, b.created_at, t.seq - b.n + b.k "
+            "FROM boxed b JOIN tgt t ON t.user_id = b.u AND t.channel = b.c), "
+            f"{doorbell}"
+        )
         # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
         # its connections there, instead of switching a shared connection at every checkout.
-        self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
+        # (Also the inbox's pool for its single-statement reads.)
+        self.autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
         cols = self.events.c
         self._since = (
             select(
@@ -100,8 +124,9 @@ class EventStore:
 
     def append_in(self, conn: Connection, events: Sequence[Event]) -> list[str]:
         """Append inside the caller's transaction (any engine on this database): one INSERT of
-        every row, one NOTIFY. The lock is held to commit: call it late in long transactions."""
-        params = {
+        every row (inbox notifications into the inbox table too), one NOTIFY. The lock is held
+        to commit: call it late in long transactions."""
+        params: dict[str, Any] = {
             "key": self.lock_key,
             "names": [e.name for e in events],
             "datas": [e.data for e in events],
@@ -109,13 +134,17 @@ class EventStore:
             "channels": [e.channel for e in events],
             "channel": self.channel,
         }
-        ids = conn.exec_driver_sql(self._append_sql, params).scalars().all()
+        sql = self._append_sql
+        if any(e.inbox for e in events):
+            sql = self._append_inbox_sql
+            params["boxes"] = [e.inbox for e in events]
+        ids = conn.exec_driver_sql(sql, params).scalars().all()
         return [str(i) for i in ids]  # identity values follow the unnest order
 
     def append(self, events: Sequence[Event]) -> list[str]:
         """Append events in one short transaction of their own (all or nothing): the
         multi-statement query runs as one implicit transaction, committed by the server."""
-        with self._autocommit.connect() as conn:
+        with self.autocommit.connect() as conn:
             return self.append_in(conn, events)
 
     # -- reading ---------------------------------------------------------------------------
