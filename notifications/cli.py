@@ -1,4 +1,4 @@
-"""``flask notifications ...``: publish, token, prune, migrate, stats, disconnect, revoke."""
+"""``flask notifications ...``: publish, token, prune, migrate, stats, inbox, disconnect, revoke."""
 
 from __future__ import annotations
 
@@ -29,16 +29,17 @@ def _duration(value: str) -> float:
 @click.argument("data_json")
 @click.option("--user", "user_id", help="Deliver only to this user's streams.")
 @click.option("--channel", help="Deliver only to streams subscribed to this channel.")
-def publish_command(event: str, data_json: str, user_id: str | None, channel: str | None) -> None:
+@click.option("--inbox", is_flag=True, help="Keep it in the inbox too (EVENT must be notification).")
+def publish_command(event: str, data_json: str, user_id: str | None, channel: str | None, inbox: bool) -> None:
     """Publish EVENT with DATA_JSON (any JSON value) and print its id."""
-    from .publishing import publish
+    from .publishing import append, build_event
 
     try:
         data = json.loads(data_json)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA_JSON") from None
     try:
-        click.echo(publish(event, data, user_id=user_id, channel=channel))
+        click.echo(append([build_event(event, data, user_id, channel, inbox=inbox)])[0])
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except NotificationsError as exc:
@@ -117,3 +118,23 @@ def stats_command() -> None:
     stats = state.store.stats()
     stats["open_streams"] = state.limits.open_streams()
     click.echo(json.dumps(stats))
+
+
+@cli.command("inbox")
+@click.argument("user")
+@click.option("--channel", "channels", multiple=True, help="Include this channel's notifications (repeatable).")
+@click.option("--limit", default=20, show_default=True, help="How many of the newest items (1-100).")
+@click.option("--unread", is_flag=True, help="Unread items only.")
+def inbox_command(user: str, channels: tuple[str, ...], limit: int, unread: bool) -> None:
+    """Print USER's newest inbox items (id, time, read state, title and message) and the unread count."""
+    from . import inbox
+
+    try:
+        page = inbox.list(user, channels=channels, limit=limit, unread=unread)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for item in page.items:
+        title = item.data.get("title")
+        text = f"{title}: {item.data.get('message')}" if title else str(item.data.get("message"))
+        click.echo(f"{item.id}\t{item.created_at}\t{'read' if item.read else 'unread'}\t{text}")
+    click.echo(f"unread: {page.unread}")

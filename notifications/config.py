@@ -175,6 +175,7 @@ SPEC: tuple[Key, ...] = (
     Key("NOTIFICATIONS_EXPIRY_WARNING", "expiry_warning", "60s", _duration, "`60s`"),
     Key("NOTIFICATIONS_HEARTBEAT_INTERVAL", "heartbeat_interval", 30.0, _number(float, 0.05), "`30`"),
     Key("NOTIFICATIONS_HTTP_ERRORS", "http_errors", False, _bool, "`false`"),
+    Key("NOTIFICATIONS_INBOX_RETENTION", "inbox_retention", "90d", _duration, "`90d`"),
     Key("NOTIFICATIONS_LISTEN_DATABASE_URL", "listen_database_url", None, _optional(_url), "`DATABASE_URL`"),
     Key("NOTIFICATIONS_LISTENER_PROBE_INTERVAL", "listener_probe_interval", 5.0, _number(float, 0.1), "`5`"),
     Key("NOTIFICATIONS_MAX_BODY_BYTES", "max_body_bytes", 4194304, _positive, "`4194304`"),
@@ -215,6 +216,7 @@ class Settings:
     expiry_warning: float
     heartbeat_interval: float
     http_errors: bool
+    inbox_retention: float
     listen_database_url: str | None
     listener_probe_interval: float
     max_body_bytes: int

@@ -34,6 +34,7 @@ class Event:
     data: str
     user_id: str | None = None
     channel: str | None = None
+    inbox: bool = False  # also kept in the inbox (a ``notification`` whose data carries ``"inbox": true``)
 
 
 def validate_event_name(name: object) -> str:
@@ -159,11 +160,28 @@ def make_event(
     user_id: object = None,
     channel: object = None,
     max_bytes: int = 65536,
+    inbox: object = False,
 ) -> Event:
-    """Validate everything about one event and return it ready to store."""
+    """Validate everything about one event and return it ready to store (``inbox``: a
+    ``notification`` kept in the inbox too; its data gets ``"inbox": true``)."""
+    if inbox is not False and inbox is not True:
+        raise InvalidInput(f"invalid inbox {inbox!r}: expected true or false")
+    if inbox:
+        data = inbox_data(name, data)
     return Event(
         name=validate_event_name(name),
         data=serialize(data, max_bytes),
         user_id=None if user_id is None else validate_user_id(user_id),
         channel=None if channel is None else validate_channel(channel),
+        inbox=inbox,
     )
+
+
+def inbox_data(name: object, data: Any) -> dict[str, Any]:
+    """The data of an inbox notification: a ``notification`` object with a message, marked
+    ``"inbox": true``."""
+    if name != "notification":
+        raise InvalidInput(f"only a 'notification' can go into the inbox, not {name!r}")
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str) or not data["message"]:
+        raise InvalidInput("an inbox notification's data must be an object with a non-empty 'message'")
+    return {**data, "inbox": True}

@@ -10,6 +10,7 @@ from flask_jwt_extended import JWTManager
 from . import config as config_module
 from . import control_views as control_views  # its routes join the blueprint
 from . import cors, fastpath
+from . import inbox_views as inbox_views  # registers the inbox routes on the blueprint
 from .cli import cli
 from .exceptions import SetupError
 from .state import EXTENSION_KEY, IdentityHook, State

@@ -23,26 +23,31 @@ from .events import Event, build_notification, build_update, make_event
 from .exceptions import InvalidInput, PublishError
 from .state import get_state
 
-RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset", "token-expiring"})
+# ``inbox`` is the server's own read-state event (``notifications.inbox``): reserved, so a stream
+# can trust that an ``inbox`` event comes from the service and not from a publisher.
+RESERVED_EVENTS = frozenset({"heartbeat", "error", "reset", "token-expiring", "inbox"})
 
 __all__ = ["PublishError", "broadcast_update", "notify", "publish", "publish_many"]
 
 
-def build_event(name: object, data: Any, user_id: object, channel: object, max_bytes: int | None = None) -> Event:
+def build_event(
+    name: object, data: Any, user_id: object, channel: object, max_bytes: int | None = None, inbox: object = False
+) -> Event:
     """One validated event for the current app (reserved names and the payload cap included;
-    ``max_bytes``: that cap, when the caller has read it already)."""
+    ``max_bytes``: that cap, when the caller has read it already; ``inbox``: kept in the inbox)."""
     if name in RESERVED_EVENTS:
         raise InvalidInput(f"event name {name!r} is reserved for the stream itself")
     if max_bytes is None:
         max_bytes = get_state().settings.max_payload_bytes
-    return make_event(name, data, user_id=user_id, channel=channel, max_bytes=max_bytes)
+    return make_event(name, data, user_id=user_id, channel=channel, max_bytes=max_bytes, inbox=inbox)
 
 
 def parse_items(items: Sequence[object], user_key: str = "user_id") -> list[Event]:
     """Validate a batch, all or nothing: each item an object with ``event`` and ``data``, and
-    optionally ``user_key`` (``user_id`` in Python, ``userId`` over HTTP) and ``channel``; any
-    other key is an error (a misspelt target must never broadcast)."""
-    keys = frozenset({"event", "data", user_key, "channel"})
+    optionally ``user_key`` (``user_id`` in Python, ``userId`` over HTTP), ``channel`` and
+    ``inbox`` (true: a notification kept in the inbox too); any other key is an error (a
+    misspelt target must never broadcast)."""
+    keys = frozenset({"event", "data", user_key, "channel", "inbox"})
     cap = get_state().settings.max_payload_bytes
     built = []
     for index, item in enumerate(items):
@@ -52,7 +57,11 @@ def parse_items(items: Sequence[object], user_key: str = "user_id") -> list[Even
         if unknown:
             raise InvalidInput(f"item {index}: unknown keys {sorted(unknown)}: use {', '.join(sorted(keys))}")
         try:
-            built.append(build_event(item["event"], item["data"], item.get(user_key), item.get("channel"), cap))
+            built.append(
+                build_event(
+                    item["event"], item["data"], item.get(user_key), item.get("channel"), cap, item.get("inbox", False)
+                )
+            )
         except InvalidInput as exc:
             raise type(exc)(f"item {index}: {exc}") from None
     return built
@@ -86,12 +95,14 @@ def notify(
     duration: int | None = None,
     user_id: str | int | None = None,
     channel: str | None = None,
+    inbox: bool = False,
     session: Any = None,
     connection: Connection | None = None,
 ) -> str:
-    """Store a ``notification`` (a toast) for everyone, one user or one channel; return its id."""
+    """Store a ``notification`` (a toast) for everyone, one user or one channel; return its id.
+    ``inbox=True`` keeps it in the inbox of everyone it reaches too (``notifications.inbox``)."""
     data = build_notification(message, notification_type, title, duration)
-    return append([build_event("notification", data, user_id, channel)], session, connection)[0]
+    return append([build_event("notification", data, user_id, channel, inbox=inbox)], session, connection)[0]
 
 
 def broadcast_update(
@@ -127,7 +138,7 @@ def publish_many(
 ) -> list[str]:
     """Store many events in one transaction with one NOTIFY (all or nothing); return their ids.
 
-    Each item is ``{"event": ..., "data": ..., "user_id"?: ..., "channel"?: ...}``.
+    Each item is ``{"event": ..., "data": ..., "user_id"?: ..., "channel"?: ..., "inbox"?: bool}``.
     """
     built = parse_items(events)
     if not built:

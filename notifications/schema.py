@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     func,
     text,
 )
@@ -66,6 +68,10 @@ class Tables:
     streams: Table
     rates: Table
     revocations: Table
+    inbox: Table
+    inbox_marks: Table
+    inbox_cursors: Table
+    inbox_targets: Table
     queue: Table
 
 
@@ -140,6 +146,7 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
             Column("user_id", Text, nullable=True),
             Column("channel", String(128), nullable=True),
             Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            Column("inbox", Boolean, nullable=False, server_default=false()),  # into the inbox too
             schema=schema,
         ),
         revocations=Table(
@@ -147,6 +154,53 @@ def define_tables(metadata: MetaData | None = None, names: Names | None = None) 
             metadata,
             Column("user_id", Text, primary_key=True),
             Column("revoked_at", Float, nullable=False),  # epoch seconds: tokens issued before are void
+            schema=schema,
+        ),
+        # An inbox notification, stored once whoever it reaches (its event's own targeting), with
+        # a copy of its data: it outlives the events row (NOTIFICATIONS_INBOX_RETENTION), so no
+        # foreign key to the events table. No user or no channel is '' (never a valid id or
+        # name), not NULL: every query is then equalities on the index, read in its order.
+        inbox=Table(
+            f"{t}_inbox",
+            metadata,
+            Column("event_id", BigInteger, primary_key=True, autoincrement=False),
+            Column("user_id", Text, nullable=False),
+            Column("channel", String(128), nullable=False),
+            Column("data", JSONB, nullable=False),
+            Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            Column("seq", BigInteger, nullable=False),  # 1, 2, 3, ... within its (user_id, channel)
+            # every query walks (user or none, channel or none) ranges of this one index, newest first
+            Index(f"ix_{t}_inbox_target", "user_id", "channel", "event_id", postgresql_include=["seq"]),
+            Index(f"ix_{t}_inbox_created_at", "created_at"),
+            schema=schema,
+        ),
+        # One user's own state of one item, where it differs from the cursor: read (true), unread
+        # (false) or as the cursor says (null); dismissed.
+        inbox_marks=Table(
+            f"{t}_inbox_marks",
+            metadata,
+            Column("user_id", Text, primary_key=True),
+            Column("event_id", BigInteger, primary_key=True, autoincrement=False),
+            Column("read", Boolean, nullable=True),
+            Column("dismissed", Boolean, nullable=False, server_default=false()),
+            Index(f"ix_{t}_inbox_marks_event_id", "event_id"),
+            schema=schema,
+        ),
+        # One user's "read up to": every item with an id at or below it is read unless marked unread.
+        inbox_cursors=Table(
+            f"{t}_inbox_cursors",
+            metadata,
+            Column("user_id", Text, primary_key=True),
+            Column("read_upto", BigInteger, nullable=False),
+            schema=schema,
+        ),
+        # The last ``seq`` handed out for each (user_id, channel) of the inbox.
+        inbox_targets=Table(
+            f"{t}_inbox_targets",
+            metadata,
+            Column("user_id", Text, primary_key=True),
+            Column("channel", String(128), primary_key=True),
+            Column("seq", BigInteger, nullable=False),
             schema=schema,
         ),
     )

@@ -4,7 +4,7 @@ worker creates them after the fork (and after psycogreen is installed)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
@@ -19,6 +19,7 @@ from .config import Settings
 from .control import Revocations, control_channel, handle
 from .exceptions import SetupError
 from .fanout import Hub, Listener
+from .inbox_store import InboxStore
 from .limits import Limits
 from .pruning import Pruner
 from .schema import Names
@@ -49,6 +50,7 @@ class State:
         self.server_log: Any = None  # gunicorn's logger, for the access lines of detached streams
         self.replay_gate = gevent.lock.BoundedSemaphore(settings.replay_concurrency)
         self._store: EventStore | None = None
+        self._inbox: InboxStore | None = None
         self._listener: Listener | None = None
         self._limits: Limits | None = None
         self._pruner: Pruner | None = None
@@ -66,6 +68,13 @@ class State:
                 autocommit=make_engine(self.database_url, size, isolation_level="AUTOCOMMIT"),
             )
         return self._store
+
+    @property
+    def inbox(self) -> InboxStore:
+        """The inbox tables, on the store's engine (``notifications.inbox``)."""
+        if self._inbox is None:
+            self._inbox = InboxStore(self.store.engine, self.names, reads=self.store.autocommit)
+        return self._inbox
 
     @property
     def verified_tokens(self) -> VerifiedTokens:
@@ -109,7 +118,7 @@ class State:
     @property
     def pruner(self) -> Pruner:
         if self._pruner is None:
-            self._pruner = Pruner(self.store, self.limits, self.settings)
+            self._pruner = Pruner(self.store, self.limits, self.settings, self.inbox)
         return self._pruner
 
     def _dedicated_engine(self, application_name: str) -> Any:
@@ -161,15 +170,16 @@ class State:
         limits.beat(conn, limits.lease_seconds / 3)
         metrics.sample_memory(every=1.0)
 
-    def identify(self) -> Identity:
-        """Who is asking: the host app's hook first (say, its login session), else the JWT."""
+    def identify(self, locations: Sequence[str] = ("query_string", "headers", "cookies")) -> Identity:
+        """Who is asking: the host app's hook first (say, its login session), else the JWT
+        (looked for in ``locations``)."""
         if self.identity_hook is not None:
             found = self.identity_hook()
             if isinstance(found, Identity):
                 return found
             if found is not None:
                 return Identity(subject=str(found), expires_at=None)
-        return self.authenticate()
+        return self.authenticate(tuple(locations))
 
     def authenticate(self, locations: tuple[str, ...] = ("query_string", "headers", "cookies")) -> Identity:
         """The request's JWT, verified (``auth.authenticate``) and not revoked."""

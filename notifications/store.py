@@ -67,17 +67,19 @@ class EventStore:
         self.events, self.state = tables.events, tables.state
         self.channel = names.channel  # the NOTIFY channel
         # Every row in one INSERT, in the batch's order (the provisional ids follow it).
+        # (``inbox``: the notification goes into the inbox too, when the sequencer delivers it.)
         self._append_sql = (
-            f"INSERT INTO {names.sql('_queue')} (event, data, user_id, channel) "
-            "SELECT name, CAST(data AS jsonb), user_id, channel FROM unnest("
+            f"INSERT INTO {names.sql('_queue')} (event, data, user_id, channel, inbox) "
+            "SELECT name, CAST(data AS jsonb), user_id, channel, inbox FROM unnest("
             "CAST(%(names)s AS text[]), CAST(%(datas)s AS text[]), "
-            "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[])"
-            ") WITH ORDINALITY AS batch(name, data, user_id, channel, position) ORDER BY position "
+            "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[]), CAST(%(boxes)s AS boolean[])"
+            ") WITH ORDINALITY AS batch(name, data, user_id, channel, inbox, position) ORDER BY position "
             "RETURNING id"
         )
         # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
         # its connections there, instead of switching a shared connection at every checkout.
-        self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
+        # (Also the inbox's pool for its single-statement reads.)
+        self.autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
         cols = self.events.c
         self._since = (
             select(
@@ -103,6 +105,7 @@ class EventStore:
             "datas": [e.data for e in events],
             "users": [e.user_id for e in events],
             "channels": [e.channel for e in events],
+            "boxes": [e.inbox for e in events],
         }
         ids = conn.exec_driver_sql(self._append_sql, params).scalars().all()
         return [str(i) for i in sorted(ids)]  # drawn in the unnest order
@@ -110,7 +113,7 @@ class EventStore:
     def append(self, events: Sequence[Event]) -> list[str]:
         """Queue events in one short transaction of their own (all or nothing): one statement
         in autocommit, committed by the server."""
-        with self._autocommit.connect() as conn:
+        with self.autocommit.connect() as conn:
             return self.append_in(conn, events)
 
     # -- reading ---------------------------------------------------------------------------

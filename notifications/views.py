@@ -150,23 +150,29 @@ def ticket() -> tuple[Response, int]:
     return jsonify({"ticket": value, "expiresIn": int(ttl)}), 201
 
 
-@blueprint.post("/publish")
-def publish_http() -> tuple[Response, int]:
-    """One event object, or an array of them (all or nothing), for services that are not Python."""
-    state = get_state()
-    identity = state.authenticate(("headers",))
+def json_body(cap: int, shape: str, wrong_type: int = 415) -> Any:
+    """The request's JSON body, read up to ``cap`` bytes: ``wrong_type`` when it is not sent as
+    ``application/json``, 413 when larger than ``cap``, 400 when it is not JSON (``shape``: what
+    it should be, for the message)."""
     if not request.is_json:
-        raise AccessError(415, "send the body as Content-Type: application/json")
-    cap = state.settings.max_body_bytes
+        raise AccessError(wrong_type, "send the body as Content-Type: application/json")
     if request.content_length is not None and request.content_length > cap:
         raise AccessError(413, f"the body is larger than {cap} bytes")
     raw = request.stream.read(cap + 1)
     if len(raw) > cap:
         raise AccessError(413, f"the body is larger than {cap} bytes")
     try:
-        body: Any = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError):
-        raise AccessError(400, "the body must be JSON: an event object or an array of them") from None
+        raise AccessError(400, f"the body must be JSON: {shape}") from None
+
+
+@blueprint.post("/publish")
+def publish_http() -> tuple[Response, int]:
+    """One event object, or an array of them (all or nothing), for services that are not Python."""
+    state = get_state()
+    identity = state.authenticate(("headers",))
+    body = json_body(state.settings.max_body_bytes, "an event object or an array of them")
     items = body if isinstance(body, list) else [body]
     if not items:
         raise AccessError(422, "the array of events is empty")

@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 
 import jwt
 import pytest
 
 from tests.support.checks import assert_never_received
-from tests.support.server import ROOT, VENV_BIN, clean_environ
 
 
 @pytest.fixture(scope="module")
 def server_env():
     return {"NOTIFICATIONS_PUBLIC_CHANNELS": "news"}
-
-
-@pytest.fixture(scope="module")
-def flask_cli(database_url, jwt_secret):
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = clean_environ()
-        env.update({"DATABASE_URL": database_url, "JWT_SECRET_KEY": jwt_secret})
-        result = subprocess.run(
-            [str(VENV_BIN / "flask"), "--app", "app", "notifications", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check:
-            assert result.returncode == 0, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
-        return result
-
-    return run
 
 
 def test_migrate_is_idempotent(flask_cli, server):

@@ -36,6 +36,10 @@ TABLES = {
     "notification_events_streams",
     "notification_events_rates",
     "notification_events_revocations",
+    "notification_events_inbox",
+    "notification_events_inbox_marks",
+    "notification_events_inbox_cursors",
+    "notification_events_inbox_targets",
     "notification_events_queue",
     "notification_events_alembic_version",
 }

@@ -24,7 +24,20 @@ from tests.support.publisher import Publisher, api
 from tests.support.tokens import mint
 
 SERVER_NAMES = {"NOTIFICATIONS_TABLE": "svc_events", "NOTIFICATIONS_SCHEMA": "svc"}
-SUFFIXES = ("", "_state", "_tickets", "_workers", "_streams", "_rates", "_revocations", "_queue")
+SUFFIXES = (
+    "",
+    "_state",
+    "_tickets",
+    "_workers",
+    "_streams",
+    "_rates",
+    "_revocations",
+    "_inbox",
+    "_inbox_marks",
+    "_inbox_cursors",
+    "_inbox_targets",
+    "_queue",
+)
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,8 @@ def test_revoke_ends_streams_and_voids_older_tokens_everywhere(
         assert (status, body["code"]) == (401, 401), body
         status, body = call(srv, "GET", PRESENCE + f"?userId={user}", old)
         assert status == 401, body
+        status, body = call(srv, "GET", "/api/notifications/inbox", old)
+        assert (status, body) == (401, {"error": "token revoked", "code": 401})
     refused_ticket = server.stream(params={"ticket": ticket})
     clients.append(refused_ticket)
     assert assert_refused(refused_ticket, 401)["error"] == "token revoked"

@@ -104,3 +104,33 @@ def test_the_per_user_cap_holds_across_instances(server: GunicornServer, second:
     finally:
         one.close()
         two.close()
+
+
+def test_a_read_on_one_instance_reaches_the_users_stream_on_the_other(
+    server: GunicornServer, second: GunicornServer, publisher: Publisher
+) -> None:
+    """The inbox's live sync across machines: read on one, the ``inbox`` event on the other."""
+    user = "inbox-two-machines"
+    token = mint(server.secret, user)
+    there = second.stream(token=token)
+    try:
+        there.wait_connected()
+        item = publisher.notify("on both machines", user_id=user, inbox=True)
+        there.wait_for_id(item)
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+        try:
+            conn.request(
+                "POST",
+                "/api/notifications/inbox/read",
+                body=json.dumps({"ids": [str(item)]}),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.read()
+            unread = json.loads(resp.read())["unread"]
+        finally:
+            conn.close()
+        msg = there.wait_for_event("inbox")
+        assert msg.json() == {"type": "inbox", "action": "read", "ids": [str(item)], "unread": unread}
+    finally:
+        there.close()

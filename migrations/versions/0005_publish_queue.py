@@ -1,8 +1,8 @@
 """The publish queue: publishers insert here without a lock; the sequencer moves the rows into
 the events table in delivery order (``notifications.sequencer``).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-04
 """
 
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.Text, nullable=True),
         sa.Column("channel", sa.String(128), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("inbox", sa.Boolean, nullable=False, server_default=sa.false()),  # into the inbox too
         schema=schema,
     )
 
