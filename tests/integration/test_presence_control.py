@@ -269,7 +269,7 @@ def test_the_cli_disconnects_and_revokes(server, second, publisher, token, user,
     old = token(user, iat=int(time.time()) - 5)
     result = runner.invoke(args=["notifications", "revoke", user])
     assert result.exit_code == 0, result.output
-    assert _refused(server, old)
+    wait_until(lambda: _refused(server, old), SETTLE, "the old token refused")
     result = runner.invoke(args=["notifications", "disconnect", ""])
     assert result.exit_code != 0 and "invalid user id" in result.output
 
