@@ -3,7 +3,6 @@ and ``POST /revoke`` (``Authorization: Bearer``; JSON in and out, errors ``{"err
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -14,7 +13,7 @@ from .auth import AccessError, Identity, authorize_publish, matches
 from .events import validate_user_id
 from .exceptions import InvalidInput
 from .state import get_state
-from .views import blueprint
+from .views import blueprint, json_body
 
 MAX_CONTROL_BODY = 8192
 
@@ -78,11 +77,7 @@ def revoke_route() -> tuple[Response, int]:
 def _target() -> tuple[str, dict[str, Any]]:
     """The caller may act on the body's ``userId``: the body and the user id, checked."""
     identity = get_state().authenticate(("headers",))
-    raw = request.stream.read(MAX_CONTROL_BODY + 1)
-    try:
-        body = json.loads(raw) if len(raw) <= MAX_CONTROL_BODY else None
-    except (ValueError, RecursionError):
-        body = None
+    body = json_body(MAX_CONTROL_BODY, '{"userId": "..."}')
     if not isinstance(body, dict):
         raise AccessError(400, 'the body must be a JSON object {"userId": "..."}')
     if not isinstance(body.get("userId"), str):

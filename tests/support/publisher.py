@@ -91,24 +91,22 @@ class Publisher:
     def stored(self, ids: list[int], timeout: float = 10.0) -> None:
         """Wait until the events ``ids`` are in the events table: moved there from the publish
         queue by the sequencer of a running server (``notifications.sequencer``)."""
-        import time
-
         from sqlalchemy import text
 
         from notifications.extension import get_state
 
+        from .checks import wait_until
+
         state = get_state(self.app)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def found() -> bool:
             with state.store.engine.connect() as conn:
-                found = conn.execute(
+                count = conn.execute(
                     text(f"SELECT count(*) FROM {state.names.sql()} WHERE id = ANY(:ids)"), {"ids": list(ids)}
                 ).scalar_one()
-            if found == len(set(ids)):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {found} of events {ids} delivered within {timeout}s (no sequencer?)")
-            time.sleep(0.01)  # polling interval of a condition with a deadline
+            return bool(count == len(set(ids)))
+
+        wait_until(found, timeout, f"events {ids} delivered (a server's sequencer moves them)")
 
     def visible_ids(self, user: str, channels: tuple[str, ...] = (), after: int = 0) -> list[int]:
         with self._lock:
