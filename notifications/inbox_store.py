@@ -16,17 +16,15 @@ channel), (no user, each channel).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
+from .prepared import PreparedStatements
 from .schema import Names
 
 log = logging.getLogger("notifications")
@@ -52,8 +50,7 @@ class InboxStore:
     def __init__(self, engine: Engine, names: Names, reads: Engine | None = None) -> None:
         self.engine = engine
         self.reads = reads or engine  # pages and counts are one statement each: autocommit is enough
-        self.prepare = True
-        self._statements: dict[str, tuple[str, str, list[str]]] = {}
+        self.statements = PreparedStatements("inbox")
         self.items = names.sql("_inbox")
         self.marks = names.sql("_inbox_marks")
         self.cursors = names.sql("_inbox_cursors")
@@ -152,46 +149,9 @@ class InboxStore:
         return f"({' + '.join(counts)} + {marked})"
 
     def _read(self, conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
-        """The rows of a read, run as a statement prepared and planned once per connection:
-        planning these unions costs several times more than running them. Behind a pooler that
-        moves sessions between server connections (PgBouncer in transaction mode) prepared
-        statements fail: then every read is planned again, from the first such error on."""
-        if self.prepare:
-            name, positional, order = self._prepared(sql)
-            done = conn.connection.info.setdefault("notifications.inbox", set())
-            try:
-                if not done:
-                    # Plan each statement once, for any parameters (the default replans a
-                    # statement whose generic plan looks dearer, that is every time here);
-                    # only prepared statements are affected, and only ours are on this pool.
-                    conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-                if name not in done:
-                    conn.exec_driver_sql(f"PREPARE {name} AS {positional}")
-                    done.add(name)
-                arguments = ", ".join(f"%({key})s" for key in order)
-                return list(conn.exec_driver_sql(f"EXECUTE {name}({arguments})", params).all())
-            except DBAPIError as exc:
-                if getattr(exc.orig, "pgcode", None) not in ("26000", "42P05"):  # missing, already there
-                    raise
-                self.prepare = False
-                log.warning("inbox: prepared statements do not work on this connection (a pooler?): not using them")
-        return list(conn.exec_driver_sql(sql, params).all())
-
-    def _prepared(self, sql: str) -> tuple[str, str, list[str]]:
-        """A statement's name (from its text), its text with positional parameters, their keys."""
-        known = self._statements.get(sql)
-        if known is None:
-            order: list[str] = []
-
-            def number(match: re.Match[str]) -> str:
-                if match.group(1) not in order:
-                    order.append(match.group(1))
-                return f"${order.index(match.group(1)) + 1}"
-
-            positional = re.sub(r"%\((\w+)\)s", number, sql)
-            name = "notifications_inbox_" + hashlib.sha1(sql.encode()).hexdigest()[:20]
-            known = self._statements[sql] = (name, positional, order)
-        return known
+        """The rows of a read, run as a statement prepared once per connection: planning these
+        unions costs several times more than running them."""
+        return list(self.statements.run(conn, sql, params).all())
 
     # -- writing ---------------------------------------------------------------------------
 

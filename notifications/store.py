@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DisconnectionError
 
 from .events import Event
+from .prepared import PreparedStatements
 from .schema import Names, define_tables
 
 BATCH = 500
@@ -80,6 +81,7 @@ class EventStore:
         # its connections there, instead of switching a shared connection at every checkout.
         # (Also the inbox's pool for its single-statement reads.)
         self.autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.statements = PreparedStatements("publish")
         cols = self.events.c
         self._since = (
             select(
@@ -100,21 +102,26 @@ class EventStore:
     def append_in(self, conn: Connection, events: Sequence[Event]) -> list[str]:
         """Queue events inside the caller's transaction (any engine on this database): one
         INSERT of every row. They are delivered once it commits; return their provisional ids."""
-        params = {
+        ids = conn.exec_driver_sql(self._append_sql, self._append_params(events)).scalars().all()
+        return [str(i) for i in sorted(ids)]  # drawn in the unnest order
+
+    def append(self, events: Sequence[Event]) -> list[str]:
+        """Queue events in one short transaction of their own (all or nothing): one statement
+        in autocommit, committed by the server, prepared once per pooled connection (planning
+        the INSERT cost about a third of a publish)."""
+        with self.autocommit.connect() as conn:
+            ids = self.statements.run(conn, self._append_sql, self._append_params(events)).scalars().all()
+        return [str(i) for i in sorted(ids)]
+
+    @staticmethod
+    def _append_params(events: Sequence[Event]) -> dict[str, list[Any]]:
+        return {
             "names": [e.name for e in events],
             "datas": [e.data for e in events],
             "users": [e.user_id for e in events],
             "channels": [e.channel for e in events],
             "boxes": [e.inbox for e in events],
         }
-        ids = conn.exec_driver_sql(self._append_sql, params).scalars().all()
-        return [str(i) for i in sorted(ids)]  # drawn in the unnest order
-
-    def append(self, events: Sequence[Event]) -> list[str]:
-        """Queue events in one short transaction of their own (all or nothing): one statement
-        in autocommit, committed by the server."""
-        with self.autocommit.connect() as conn:
-            return self.append_in(conn, events)
 
     # -- reading ---------------------------------------------------------------------------
 

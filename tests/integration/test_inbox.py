@@ -678,7 +678,7 @@ def test_reads_fall_back_to_plain_statements_when_prepared_ones_vanish(server, d
             assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar_one() >= 1
             conn.exec_driver_sql("DEALLOCATE ALL")  # what a pooler's next server connection looks like
             assert store.unread(conn, user, ()) == first >= 1
-            assert store.prepare is False
+            assert store.statements.enabled is False
             rows, count = store.page(conn, user, (), 5, None, False)
             assert count == first and rows
     finally:

@@ -118,3 +118,32 @@ def test_publish_many_refuses_an_unknown_key_and_broadcasts_nothing(open_stream,
     bystander.wait_for_id(after)
     assert [m.type for m in bystander.events][-1:] == ["after"]
     assert not [m for m in bystander.events if m.type in ("ok", "private")]
+
+
+def test_publishing_falls_back_to_plain_statements_when_prepared_ones_vanish(open_stream, token, user, database_url):
+    """Behind a pooler in transaction mode the publish INSERT prepared on one server connection
+    is missing on the next: the publish still stores its event once, and the store stops preparing."""
+    from sqlalchemy import create_engine
+
+    from notifications.events import Event
+    from notifications.schema import Names
+    from notifications.store import EventStore
+
+    c = open_stream(token(user))
+    c.wait_connected()
+    engine = create_engine(database_url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT")
+    try:
+        store = EventStore(engine, Names(), autocommit=engine)
+        [first] = store.append([Event("prepared", '{"n":1}', user_id=user)])
+        with engine.connect() as conn:  # the pool's one connection, where the INSERT is prepared
+            assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar_one() == 1
+            conn.exec_driver_sql("DEALLOCATE ALL")  # what a pooler's next server connection looks like
+        [second] = store.append([Event("plain", '{"n":2}', user_id=user)])
+        assert store.statements.enabled is False
+    finally:
+        engine.dispose()
+    c.wait_for_id(second)
+    assert [(m.type, m.json()) for m in c.events if m.type in ("prepared", "plain")] == [
+        ("prepared", {"n": 1}),
+        ("plain", {"n": 2}),
+    ]
