@@ -151,7 +151,7 @@ class InboxStore:
     def _read(self, conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         """The rows of a read, run as a statement prepared once per connection: planning these
         unions costs several times more than running them."""
-        return list(self.statements.run(conn, sql, params).all())
+        return self.statements.run(conn, sql, params)
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import logging
 import re
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger("notifications")
@@ -32,32 +32,45 @@ class PreparedStatements:
         self.enabled = True
         self._known: dict[str, tuple[str, str, list[str]]] = {}
 
-    def run(self, conn: Connection, sql: str, params: dict[str, Any]) -> CursorResult[Any]:
-        """The result of ``sql`` with ``params``, prepared on ``conn`` the first time. Only for
-        statements that change nothing when they fail, or inside autocommit: a failed
-        ``EXECUTE`` is run again unprepared."""
+    def run(self, conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` with ``params``, prepared on ``conn`` the first time and run on
+        the driver's own cursor (SQLAlchemy's statement and result machinery cost twice what the
+        driver does). Errors are raised as SQLAlchemy's, and a lost connection is invalidated,
+        as ``exec_driver_sql`` would. Only for statements that change nothing when they fail, or
+        inside autocommit: a failed ``EXECUTE`` is run again unprepared."""
         if self.enabled:
             name, positional, order = self._prepared(sql)
             done = conn.connection.info.setdefault(PREPARED, set())
+            statement = f"EXECUTE {name}({', '.join(f'%({key})s' for key in order)})"
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
+            cursor = driver.cursor()
             try:
                 if not done:
                     # Plan each statement once, for any parameters (the default replans a
                     # statement whose generic plan looks dearer, every time for the inbox's
                     # unions); only prepared statements are affected, and only ours are here.
-                    conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+                    cursor.execute("SET plan_cache_mode = force_generic_plan")
                 if name not in done:
-                    conn.exec_driver_sql(f"PREPARE {name} AS {positional}")
+                    cursor.execute(f"PREPARE {name} AS {positional}")
                     done.add(name)
-                arguments = ", ".join(f"%({key})s" for key in order)
-                return conn.exec_driver_sql(f"EXECUTE {name}({arguments})", params)
-            except DBAPIError as exc:
-                if getattr(exc.orig, "pgcode", None) not in MISSING_OR_THERE:
-                    raise
+                cursor.execute(statement, params)
+                return list(cursor.fetchall())
+            except conn.dialect.loaded_dbapi.Error as exc:
+                if getattr(exc, "pgcode", None) not in MISSING_OR_THERE:
+                    lost = conn.dialect.is_disconnect(exc, driver, cursor)
+                    if lost:
+                        conn.invalidate(exc)
+                    raise DBAPIError.instance(
+                        statement, params, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=lost
+                    ) from exc
                 self.enabled = False
                 log.warning(
                     "%s: prepared statements do not work on this connection (a pooler?): not using them", self.what
                 )
-        return conn.exec_driver_sql(sql, params)
+            finally:
+                cursor.close()
+        return [tuple(row) for row in conn.exec_driver_sql(sql, params)]
 
     def _prepared(self, sql: str) -> tuple[str, str, list[str]]:
         """A statement's name (from its text), its text with positional parameters, their keys."""

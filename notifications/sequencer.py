@@ -193,14 +193,14 @@ class Sequencer:
         swept_at = active_at
         while True:
             wait = POLL_BUSY + moved * PER_EVENT if time.monotonic() - active_at < IDLE_AFTER else POLL_IDLE
-            self._nudged.wait(min(wait, POLL_LOADED))
+            nudged = self._nudged.wait(min(wait, POLL_LOADED))
             self._nudged.clear()
-            with gevent.Timeout(STATEMENT_TIMEOUT):
-                cursor.execute("EXECUTE notifications_poll")
-                (queued,) = cursor.fetchone() or (False,)
-            if not queued:
-                moved, hole_since = 0, None
-                continue
+            if not (nudged or moved or hole_since is not None):  # events known to be queued: no poll
+                with gevent.Timeout(STATEMENT_TIMEOUT):
+                    cursor.execute("EXECUTE notifications_poll")
+                    (queued,) = cursor.fetchone() or (False,)
+                if not queued:
+                    continue
             now = time.monotonic()
             params["hw"], params["all"] = delivered, hole_since is not None and now - hole_since >= GRACE
             with gevent.Timeout(STATEMENT_TIMEOUT):

@@ -110,7 +110,7 @@ class EventStore:
         in autocommit, committed by the server, prepared once per pooled connection (planning
         the INSERT cost about a third of a publish)."""
         with self.autocommit.connect() as conn:
-            ids = self.statements.run(conn, self._append_sql, self._append_params(events)).scalars().all()
+            ids = [row[0] for row in self.statements.run(conn, self._append_sql, self._append_params(events))]
         return [str(i) for i in sorted(ids)]
 
     @staticmethod

@@ -147,3 +147,38 @@ def test_publishing_falls_back_to_plain_statements_when_prepared_ones_vanish(ope
         ("prepared", {"n": 1}),
         ("plain", {"n": 2}),
     ]
+
+
+def test_a_connection_lost_under_a_publish_is_replaced_not_reused(open_stream, token, user, database_url):
+    """A pooled connection the server ended fails the publish it was handed to with SQLAlchemy's
+    error, and is thrown away: the next publish, straight after, gets a new one and is delivered."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+
+    from notifications.events import Event
+    from notifications.schema import Names
+    from notifications.store import EventStore
+
+    c = open_stream(token(user))
+    c.wait_connected()
+    engine = create_engine(database_url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT")
+    killer = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        store = EventStore(engine, Names(), autocommit=engine)
+        [first] = store.append([Event("before", '{"n":1}', user_id=user)])
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with killer.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": pid}).scalar_one()
+        with pytest.raises(DBAPIError) as lost:
+            store.append([Event("lost", '{"n":2}', user_id=user)])
+        assert lost.value.connection_invalidated
+        [after] = store.append([Event("after", '{"n":3}', user_id=user)])
+    finally:
+        engine.dispose()
+        killer.dispose()
+    c.wait_for_id(after)
+    assert [(m.type, m.json()) for m in c.events if m.type in ("before", "lost", "after")] == [
+        ("before", {"n": 1}),
+        ("after", {"n": 3}),
+    ]
