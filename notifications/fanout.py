@@ -92,6 +92,8 @@ class Hub:
         delivered = 0
         now = time.time()
         for event in events:
+            if self.cursor is not None and event.id <= self.cursor:
+                continue  # dispatched already (the sequencer's hand-over raced the listener's query)
             while self.waiting:  # streams that start before this event join the routing index
                 sub, start = next(iter(self.waiting.items()))
                 if start >= event.id:
@@ -225,11 +227,22 @@ class Listener:
             readable, _, _ = gselect.select([raw], [], [], self.probe_interval)
             if readable:
                 self._take_notifies(raw)
-            # One query per wake-up; when quiet it is the probe that proves the link alive.
-            self._catch_up(conn)
+            # One query per wake-up, unless the events announced were dispatched already (this
+            # worker's sequencer handed them over); when quiet it is the probe that proves the
+            # link alive.
+            assert self.hub.cursor is not None
+            if not readable or self.hub.cursor < self.hub.head:
+                self._catch_up(conn)
             if self.on_tick is not None:
                 with gevent.Timeout(self.query_timeout):
                     self.on_tick(conn)
+
+    def moved_here(self, after: int, events: list[StoredEvent]) -> None:
+        """This worker's sequencer delivered ``events``, the ones after ``after``: dispatch them
+        now if the hub is at ``after`` (else the next query reads them)."""
+        if events and self.started.is_set() and self.hub.cursor == after:
+            self.hub.announce(events[-1].id)
+            self.hub.dispatch(events)
 
     @property
     def query_timeout(self) -> float:

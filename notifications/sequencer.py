@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import gevent
 import gevent.event
@@ -34,7 +35,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from . import locks, metrics
-from .store import EventStore
+from .store import EventStore, StoredEvent, compact_json
 
 log = logging.getLogger("notifications.sequencer")
 
@@ -53,13 +54,19 @@ ELECTION_INTERVAL = 0.5  # between two attempts to become the leader (jittered)
 BATCH = 100_000  # queued rows moved per transaction at most: a publish_many of 100,000 arrives at once
 STATEMENT_TIMEOUT = 5.0  # a database call that hangs longer drops the connection
 SILENT_SESSION = 3.0  # PostgreSQL ends a sequencer session silent this long (it polls far more often)
+HAND_OVER = 1000  # a batch this small goes straight to this worker's own streams (``on_moved``)
 
 
 class Sequencer:
     """This worker's candidacy for sequencer, and the loop it runs while leading."""
 
-    def __init__(self, store: EventStore, engine: Engine) -> None:
+    def __init__(
+        self, store: EventStore, engine: Engine, on_moved: Callable[[int, list[StoredEvent]], None] | None = None
+    ) -> None:
         self.store = store
+        # Called with the events each step delivered (when a few) and the id they follow: this
+        # worker's streams get them without waiting for the doorbell and a query.
+        self.on_moved = on_moved
         self.engine = engine  # a dedicated connection: the lock is session state
         names = store.names
         self.key = locks.sequencer_key(names)
@@ -79,8 +86,13 @@ class Sequencer:
             f"q AS (SELECT id FROM {queue} ORDER BY id LIMIT {BATCH}), "
             "ranked AS (SELECT q.id, q.id <= top.hw AS late, "
             "q.id - row_number() OVER (PARTITION BY q.id <= top.hw ORDER BY q.id) = top.hw AS next FROM q, top), "
-            f"moved AS (DELETE FROM {queue} WHERE id IN (SELECT id FROM ranked WHERE late OR next OR $2) "
-            "RETURNING *), "
+            # The ready rows are exactly the queued ids up to one bound (the late ones are all at
+            # or below the highest delivered id, the next ones run on from it without a hole),
+            # so the DELETE is a range, never a join: a join planned while the queue was empty
+            # (the sequencer vacuums it) takes quadratic time over a burst of 100,000.
+            "upto AS (SELECT CASE WHEN $2 THEN max(id) ELSE coalesce(max(id) FILTER (WHERE late OR next), 0) END "
+            "AS id FROM ranked), "
+            f"moved AS (DELETE FROM {queue} WHERE id <= (SELECT id FROM upto) RETURNING *), "
             "numbered AS (SELECT m.*, "
             f"CASE WHEN m.id > top.hw THEN m.id ELSE nextval('{names.sequence}'::regclass) END AS new_id "
             "FROM moved m, top), "
@@ -100,7 +112,11 @@ class Sequencer:
             "FROM boxed b JOIN tgt t ON t.user_id = b.u AND t.channel = b.c), "
             "bell AS (SELECT pg_notify($3, max(id)::text) FROM ins HAVING count(*) > 0) "
             "SELECT (SELECT max(id) FROM ins), (SELECT count(*) FROM ins), (SELECT count(*) FROM ranked WHERE late), "
-            "(SELECT count(*) FROM ranked) - (SELECT count(*) FROM ins), (SELECT count(*) FROM bell)"
+            "(SELECT count(*) FROM ranked) - (SELECT count(*) FROM ins), (SELECT count(*) FROM bell), "
+            # and, for a batch of at most HAND_OVER, the events it delivered, after the id they follow
+            "(SELECT hw FROM top), (SELECT json_agg(json_build_array(new_id, event, data, user_id, channel, "
+            f"extract(epoch FROM created_at)) ORDER BY new_id) FROM numbered "
+            f"WHERE (SELECT count(*) FROM numbered) <= {HAND_OVER})"
         )
         # Prepared once per connection: planning the step costs more than running it.
         self._prepare = (
@@ -205,9 +221,15 @@ class Sequencer:
             params["hw"], params["all"] = delivered, hole_since is not None and now - hole_since >= GRACE
             with gevent.Timeout(STATEMENT_TIMEOUT):
                 cursor.execute(self._step, params)
-                top, moved, late, waiting, _ = cursor.fetchone() or (None, 0, 0, 0, 0)
+                top, moved, late, waiting, _, after, rows = cursor.fetchone() or (None, 0, 0, 0, 0, 0, None)
             if moved:
                 delivered = max(delivered, int(top or 0))
+                if rows and self.on_moved is not None:
+                    events = [
+                        StoredEvent(int(i), name, compact_json(data), user, chan, float(at))
+                        for i, name, data, user, chan, at in rows
+                    ]
+                    self.on_moved(int(after), events)
                 metrics.EVENTS_SEQUENCED.inc(moved)
                 if late:
                     metrics.EVENTS_RENUMBERED.inc(late)

@@ -25,7 +25,7 @@ from .pruning import Pruner
 from .schema import Names
 from .sequencer import Sequencer
 from .sse import encode, jittered
-from .store import EventStore, make_engine
+from .store import EventStore, StoredEvent, make_engine
 
 IdentityHook = Callable[[], "Identity | str | None"]
 
@@ -157,8 +157,14 @@ class State:
     @property
     def sequencer(self) -> Sequencer:
         if self._sequencer is None:
-            self._sequencer = Sequencer(self.store, self._dedicated_engine("notifications-sequencer"))
+            self._sequencer = Sequencer(
+                self.store, self._dedicated_engine("notifications-sequencer"), on_moved=self._moved_here
+            )
         return self._sequencer
+
+    def _moved_here(self, after: int, events: list[StoredEvent]) -> None:
+        if self._listener is not None:
+            self._listener.moved_here(after, events)
 
     def nudge_sequencer(self) -> None:
         """This process queued events (see ``Sequencer.nudge``)."""

@@ -54,8 +54,14 @@ class StoredEvent:
     created_at: float = 0.0  # epoch seconds (the publishing transaction's start)
 
 
-def _compact(value: Any) -> str:
+def compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_item(e: Event) -> str:
+    user = "null" if e.user_id is None else compact_json(e.user_id)
+    channel = "null" if e.channel is None else f'"{e.channel}"'
+    return f'["{e.name}",{e.data},{user},{channel},{"true" if e.inbox else "false"}]'
 
 
 class EventStore:
@@ -67,15 +73,14 @@ class EventStore:
         tables = define_tables(names=names)
         self.events, self.state = tables.events, tables.state
         self.channel = names.channel  # the NOTIFY channel
-        # Every row in one INSERT, in the batch's order (the provisional ids follow it).
-        # (``inbox``: the notification goes into the inbox too, when the sequencer delivers it.)
+        # Every row in one INSERT, in the batch's order (the provisional ids follow it), from
+        # one JSON parameter (``_append_params``). (``inbox``: the notification goes into the
+        # inbox too, when the sequencer delivers it.)
         self._append_sql = (
             f"INSERT INTO {names.sql('_queue')} (event, data, user_id, channel, inbox) "
-            "SELECT name, CAST(data AS jsonb), user_id, channel, inbox FROM unnest("
-            "CAST(%(names)s AS text[]), CAST(%(datas)s AS text[]), "
-            "CAST(%(users)s AS text[]), CAST(%(channels)s AS text[]), CAST(%(boxes)s AS boolean[])"
-            ") WITH ORDINALITY AS batch(name, data, user_id, channel, inbox, position) ORDER BY position "
-            "RETURNING id"
+            "SELECT e->>0, e->1, e->>2, e->>3, CAST(e->>4 AS boolean) "
+            "FROM jsonb_array_elements(CAST(%(batch)s AS jsonb)) WITH ORDINALITY AS batch(e, position) "
+            "ORDER BY position RETURNING id"
         )
         # Standalone appends run in autocommit mode: a pool of their own (``autocommit``) keeps
         # its connections there, instead of switching a shared connection at every checkout.
@@ -114,21 +119,19 @@ class EventStore:
         return [str(i) for i in sorted(ids)]
 
     @staticmethod
-    def _append_params(events: Sequence[Event]) -> dict[str, list[Any]]:
-        return {
-            "names": [e.name for e in events],
-            "datas": [e.data for e in events],
-            "users": [e.user_id for e in events],
-            "channels": [e.channel for e in events],
-            "boxes": [e.inbox for e in events],
-        }
+    def _append_params(events: Sequence[Event]) -> dict[str, str]:
+        """The batch as one JSON array of ``[event, data, user_id, channel, inbox]``: one text
+        the server parses at once (five arrays of 1,000 values cost the client four times the
+        CPU, and the server as much again). Event and channel names are validated to letters,
+        digits and ``_ . : -``, so they need no escaping; ``data`` is JSON already."""
+        return {"batch": f"[{','.join(map(_json_item, events))}]"}
 
     # -- reading ---------------------------------------------------------------------------
 
     def read_since(self, conn: Connection, after: int, limit: int = BATCH) -> list[StoredEvent]:
         """Every event with ``id > after``, in id order, at most ``limit``."""
         rows = conn.execute(self._since, {"after": after, "limit": limit})
-        return [StoredEvent(r.id, r.event, _compact(r.data), r.user_id, r.channel, float(r.created)) for r in rows]
+        return [StoredEvent(r.id, r.event, compact_json(r.data), r.user_id, r.channel, float(r.created)) for r in rows]
 
     def replay(self, after: int, upto: int, user_id: str, channels: Sequence[str]) -> Iterator[StoredEvent]:
         """The events in ``(after, upto]`` that a stream of ``user_id`` + ``channels`` may see."""
@@ -147,7 +150,7 @@ class EventStore:
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt).all()
             for r in rows:
-                yield StoredEvent(r.id, r.event, _compact(r.data), r.user_id, r.channel)
+                yield StoredEvent(r.id, r.event, compact_json(r.data), r.user_id, r.channel)
             if len(rows) < BATCH:
                 return
             cursor = rows[-1].id

@@ -78,3 +78,25 @@ def test_large_event_is_delivered_intact(stream, publisher, user):
     data = {"blob": "x\n" * 20000}
     event_id = publisher.publish("big", data, user_id=user)
     assert stream.wait_for_id(event_id).json() == data
+
+
+TRICKY_USER_IDS = ['"quoted"', "back\\slash", "unicode ✓ 漢字 🎉", "\u2028", '],["x",{},null,null,false],[']
+
+
+@pytest.mark.parametrize("suffix", TRICKY_USER_IDS)
+def test_user_ids_of_any_characters_reach_that_user_only(open_stream, token, user, publisher, suffix):
+    """A batch is sent to PostgreSQL as one JSON text: a user id with quotes, backslashes or
+    JSON-like text is that user's, whole, and reaches nobody else."""
+    target = f"{user} {suffix}"
+    mine, other = open_stream(token(target)), open_stream(token(user))
+    mine.wait_connected()
+    other.wait_connected()
+    ids = publisher.call("publish_many", [{"event": "own", "data": {"who": target}, "user_id": target}] * 2)
+    broadcast = publisher.publish("everyone", {"n": 1})
+    mine.wait_for_id(broadcast)
+    other.wait_for_id(broadcast)
+    assert [(m.id, m.type, m.json()) for m in mine.events if m.type in ("own", "everyone")] == [
+        *((i, "own", {"who": target}) for i in ids),
+        (str(broadcast), "everyone", {"n": 1}),
+    ]
+    assert [m.type for m in other.events if m.type in ("own", "everyone")] == ["everyone"]
